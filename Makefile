@@ -1,0 +1,55 @@
+# The two commands that matter: `make run` and `make test`. Everything installs from here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SERVICES := identity dossier matching billing notifications
+
+.PHONY: venv proto proto-check migrate run test test-fast lint format reqs bench ci clean
+
+venv: $(STAMP)
+
+# Pinned versions (requirements/lock.txt); a .pth puts the repo and gen/ on the path.
+$(STAMP): requirements/lock.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/lock.txt
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/secondopinion-dev.pth"
+	touch $(STAMP)
+
+proto: venv
+	$(PY) protos/generate.py
+
+# Fails when gen/ is not what the .proto files produce.
+proto-check: venv
+	$(PY) protos/generate.py --check
+
+migrate: venv
+	for service in $(SERVICES); do $(PY) -m services.shared.migrate $$service || exit 1; done
+
+# The whole platform with embedded defaults; Ctrl-C stops everything.
+run: venv proto
+	$(PY) -m deploy.devstack
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy services workflows deploy bench tests protos/generate.py
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+reqs: venv
+	$(PY) -m pytest --collect-only -q --req-report | sed -n '/requirement coverage/,$$p'
+
+bench: venv
+	$(PY) -m bench
+
+ci: lint proto-check test
+
+clean:
+	rm -rf var/*.db var/*.db-* var/temporal.db var/devstack-logs

@@ -1,0 +1,1 @@
+"""Running the platform: the one-command dev stack and demo data."""

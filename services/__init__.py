@@ -1,0 +1,1 @@
+"""The platform's gRPC services and the web gateway, one package each."""

@@ -1,0 +1,1 @@
+"""Billing service: prices, partner coverage, card payment, invoices under billing mandates."""

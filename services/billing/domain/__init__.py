@@ -1,0 +1,1 @@
+"""Billing rules as plain functions; the servicer only translates messages."""

@@ -1,0 +1,1 @@
+"""Dossier service: the medical file (case record, forms, documents, messaging, report)."""

@@ -1,0 +1,1 @@
+"""Dossier rules as plain functions; the servicer only translates messages."""

@@ -1,0 +1,120 @@
+"""The gateway application: `create_app(settings)`; resources live in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import grpc
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.gateway.api.v1 import router as api_v1
+from services.gateway.clients import ServiceClients
+from services.gateway.problems import (
+    grpc_error_handler,
+    http_error_handler,
+    problem,
+    validation_error_handler,
+)
+from services.gateway.settings import GatewaySettings
+from services.shared.settings import Environment, InternalAuthSettings
+from workflows.settings import TemporalSettings
+from workflows.temporal_client import connect
+
+SECURITY_HEADERS = {
+    # Every API answer may carry personal data: never cached (API8).
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; object-src 'none'",
+}
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    auth: InternalAuthSettings | None = None,
+    temporal: TemporalSettings | None = None,
+    connect_temporal: bool = True,
+) -> FastAPI:
+    settings = settings or GatewaySettings()
+    auth = auth or InternalAuthSettings()
+    temporal = temporal or TemporalSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = await connect(temporal) if connect_temporal else None
+        clients = ServiceClients(settings, auth, client, temporal.case_task_queue)
+        app.state.settings = settings
+        app.state.clients = clients
+        try:
+            yield
+        finally:
+            await clients.close()
+
+    production = settings.environment is Environment.PRODUCTION
+    app = FastAPI(
+        title="Second opinion gateway",
+        version="1",
+        lifespan=lifespan,
+        # API8: no interactive docs in production.
+        docs_url=None if production else "/api/docs",
+        redoc_url=None,
+        openapi_url=None if production else "/api/openapi.json",
+    )
+    app.add_exception_handler(grpc.aio.AioRpcError, grpc_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        try:
+            response = await call_next(request)
+        except Exception:
+            response = problem(
+                503, "Service unavailable", "the service is temporarily unavailable, please retry"
+            )
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        """Every service's standard health check, as the dev stack and probes see it."""
+        statuses: dict[str, str] = {}
+        for name, target in (
+            ("identity", settings.identity_target),
+            ("dossier", settings.dossier_target),
+            ("matching", settings.matching_target),
+            ("billing", settings.billing_target),
+            ("notifications", settings.notifications_target),
+        ):
+            statuses[name] = await _health(target)
+        ready = all(status == "SERVING" for status in statuses.values())
+        return JSONResponse({"ready": ready, "services": statuses}, status_code=200 if ready else 503)
+
+    app.include_router(api_v1)
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    return app
+
+
+async def _health(target: str) -> str:
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            response = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.shared.settings import Environment
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    environment: Environment = Environment.DEVELOPMENT
+    host: str = "127.0.0.1"
+    port: int = 8000
+    identity_target: str = "127.0.0.1:50051"
+    dossier_target: str = "127.0.0.1:50052"
+    matching_target: str = "127.0.0.1:50053"
+    billing_target: str = "127.0.0.1:50054"
+    notifications_target: str = "127.0.0.1:50056"
+    # Deadline on every call to a service.
+    service_call_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    session_cookie_name: str = "so_session"
+    log_level: str = "INFO"
+    # Link to a case in the Temporal Web UI for coordinators.
+    temporal_ui_url: str = "http://127.0.0.1:8233"

@@ -1,0 +1,1 @@
+"""Identity service: accounts, authentication, sessions, terms and consent evidence."""

@@ -1,0 +1,1 @@
+"""Identity rules as plain functions and classes; the servicer only translates messages."""

@@ -1,0 +1,1 @@
+"""Matching service: the referent-doctor registry and assignments."""

@@ -1,0 +1,1 @@
+"""Matching rules as plain functions; the servicer only translates messages."""

@@ -1,0 +1,1 @@
+"""Notifications service: SMS and email from templates, delivered once, no health data."""

@@ -1,0 +1,1 @@
+"""The case workflow: one per opinion request, from submission to delivered opinion."""
