@@ -43,8 +43,9 @@ IDENTITY_ISSUER = "identity"
 
 
 def roles_issuer_may_mint(issuer: str) -> frozenset[Role]:
-    """Trust policy: identity speaks for people, every other issuer only for itself."""
-    return HUMAN_ROLES if issuer == IDENTITY_ISSUER else frozenset({Role.SERVICE})
+    """Trust policy: identity speaks for people (and for itself), every other issuer only
+    for itself. A service token's subject is always its issuer (checked both ways)."""
+    return HUMAN_ROLES | {Role.SERVICE} if issuer == IDENTITY_ISSUER else frozenset({Role.SERVICE})
 
 
 class InvalidTokenError(Exception):
@@ -107,6 +108,8 @@ class TokenSigner:
         """Return a token and its expiry (epoch seconds)."""
         if role not in roles_issuer_may_mint(self.issuer):
             raise InvalidTokenError(f"issuer {self.issuer} may not mint role {role}")
+        if role is Role.SERVICE and subject != self.issuer:
+            raise InvalidTokenError("a service token names its own issuer")
         now = int(time.time())
         expires_at = now + self._ttl
         claims = {
@@ -180,6 +183,8 @@ class TokenVerifier:
             raise InvalidTokenError("unknown role") from exc
         if role not in roles_issuer_may_mint(issuer):
             raise InvalidTokenError("issuer may not speak for that role")
+        if role is Role.SERVICE and claims["sub"] != issuer:
+            raise InvalidTokenError("a service token must name its own issuer")
         return Principal(
             subject=str(claims["sub"]),
             role=role,

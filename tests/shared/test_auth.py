@@ -93,3 +93,28 @@ def test_untrusted_key_expired_and_tampered_tokens_are_refused(keys: Path) -> No
     )  # fmt: skip
     with pytest.raises(InvalidTokenError, match="too long"):
         verifier.verify(long_lived)
+
+
+def test_a_service_token_always_names_its_issuer(keys: Path) -> None:
+    worker = TokenSigner.from_keys_dir(keys, "worker")
+    with pytest.raises(InvalidTokenError):
+        worker.mint("gateway", Role.SERVICE)
+    now = int(time.time())
+    impersonation = jwt.encode(
+        {
+            "iss": "worker",
+            "sub": "ops",
+            "role": "service",
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + 60,
+            "jti": "j",
+        },
+        worker._key,
+        algorithm="EdDSA",
+        headers={"kid": "worker"},
+    )
+    with pytest.raises(InvalidTokenError, match="own issuer"):
+        TokenVerifier.from_keys_dir(keys).verify(impersonation)
+    own, _ = TokenSigner.from_keys_dir(keys, "identity").mint("identity", Role.SERVICE)
+    assert TokenVerifier.from_keys_dir(keys).verify(own).is_service

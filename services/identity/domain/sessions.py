@@ -16,6 +16,7 @@ from services.shared.db import utcnow
 from services.shared.errors import Unauthenticated
 
 TOKEN_BYTES = 32  # 256 bits, above the 128-bit floor.
+LAST_SEEN_PRECISION = timedelta(seconds=30)
 
 
 def hash_token(token: str) -> str:
@@ -71,5 +72,8 @@ async def validate_session(session: AsyncSession, token: str, policy: SessionPol
     account = await session.get(Account, record.account_id)
     if account is None or account.status != "active":
         raise refused
-    record.last_seen_at = now
+    # Touching the row on every request would make each API call a write; the idle clock
+    # only needs minute precision.
+    if now - record.last_seen_at > LAST_SEEN_PRECISION:
+        record.last_seen_at = now
     return ValidSession(session_id=record.session_id, account=account)
