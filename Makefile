@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SERVICES := identity dossier matching billing notifications
+# Debian packages the tests use: Chromium for browser tests (Playwright drives it).
+DEBIAN_PACKAGES := chromium
 
-.PHONY: venv proto proto-check migrate run test test-fast lint format reqs bench ci clean
+.PHONY: venv system-deps proto proto-check migrate run test test-fast lint format reqs bench ci clean
 
 venv: $(STAMP)
 
@@ -16,6 +18,12 @@ $(STAMP): requirements/lock.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/lock.txt
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/secondopinion-dev.pth"
 	touch $(STAMP)
+
+# Installs missing Debian packages (CI and developer machines run as root).
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 proto: venv
 	$(PY) protos/generate.py
@@ -31,7 +39,7 @@ migrate: venv
 run: venv proto
 	$(PY) -m deploy.devstack
 
-test: venv
+test: venv system-deps
 	$(PY) -m pytest -q
 
 lint: venv

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import grpc
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,6 +25,8 @@ from services.gateway.problems import (
     validation_error_handler,
 )
 from services.gateway.settings import GatewaySettings
+from services.gateway.web.routes import router as web_pages
+from services.gateway.web.security import DEFAULT_LIMITS, CsrfProtection, RateLimiter
 from services.shared.settings import Environment, InternalAuthSettings
 from workflows.settings import TemporalSettings
 from workflows.temporal_client import connect
@@ -32,7 +37,11 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; object-src 'none'",
+    # Scripts and styles only from our own /static: no inline code can run.
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'; object-src 'none'"
+    ),
 }
 
 
@@ -52,6 +61,8 @@ def create_app(
         clients = ServiceClients(settings, auth, client, temporal.case_task_queue)
         app.state.settings = settings
         app.state.clients = clients
+        app.state.csrf = CsrfProtection(settings.secret_key.encode() or secrets.token_bytes(32))
+        app.state.rate_limiter = RateLimiter(DEFAULT_LIMITS)
         try:
             yield
         finally:
@@ -105,6 +116,8 @@ def create_app(
         return JSONResponse({"ready": ready, "services": statuses}, status_code=200 if ready else 503)
 
     app.include_router(api_v1)
+    app.include_router(web_pages)
+    app.mount("/static", StaticFiles(directory=str(Path(__file__).parent / "web" / "static")), name="static")
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
     return app
 

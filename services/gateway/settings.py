@@ -21,5 +21,7 @@ class GatewaySettings(BaseSettings):
     service_call_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     session_cookie_name: str = "so_session"
     log_level: str = "INFO"
+    # Signs CSRF tokens; empty means a random key per process (fine for one instance).
+    secret_key: str = ""
     # Link to a case in the Temporal Web UI for coordinators.
     temporal_ui_url: str = "http://127.0.0.1:8233"
