@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SERVICES := identity dossier matching billing notifications
 # Debian packages the tests use: Chromium for browser tests (Playwright drives it).
-DEBIAN_PACKAGES := chromium
+DEBIAN_PACKAGES := chromium fonts-dejavu-core
 
-.PHONY: venv system-deps proto proto-check migrate run test test-fast lint format reqs bench ci clean
+.PHONY: venv system-deps proto proto-check migrate run test lint format reqs outbox bench ci clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,10 @@ format: venv
 
 reqs: venv
 	$(PY) -m pytest --collect-only -q --req-report | sed -n '/requirement coverage/,$$p'
+
+# The latest SMS and emails of the dev stack (so a person can log in with the demo data).
+outbox: venv
+	$(PY) -m services.notifications.outbox $(ARGS)
 
 bench: venv
 	$(PY) -m bench

@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bench import gateway_overhead
+from bench import billing_invoices, gateway_overhead, identity_login, matching_pick, notifications_delivery
 
-BENCHMARKS = {"gateway_overhead": gateway_overhead.run}
+BENCHMARKS = {
+    "gateway_overhead": gateway_overhead.run,
+    "identity_login": identity_login.run,
+    "matching_pick": matching_pick.run,
+    "billing_invoices": billing_invoices.run,
+    "notifications_delivery": notifications_delivery.run,
+}
 
 
 async def main(names: list[str]) -> None:

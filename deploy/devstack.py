@@ -30,7 +30,7 @@ from services.shared.migrate import SERVICES_WITH_DATABASES, migrations_dir
 from services.shared.settings import REPO_ROOT
 from workflows.search_attributes import dev_server_args
 
-ISSUERS = ("identity", "gateway", "worker", "ops")
+ISSUERS = ("identity", "gateway", "worker", "ops", "billing")
 PR_SET_PDEATHSIG = 1
 
 
@@ -45,6 +45,9 @@ class DevstackSettings(BaseSettings):
     matching_port: int = 50053
     billing_port: int = 50054
     notifications_port: int = 50056
+    partner_api_port: int = 50055
+    psp_sandbox_port: int = 50057
+    smtp_catcher_port: int = 1025
     gateway_port: int = 8000
     startup_timeout_seconds: float = 90.0
     seed_demo_data: bool = True
@@ -91,7 +94,25 @@ class Devstack:
             env[f"{service.upper()}_DATABASE_URL"] = self.database_url(service)
             env[f"WORKER_{service.upper()}_TARGET"] = f"127.0.0.1:{port}"
             env[f"GATEWAY_{service.upper()}_TARGET"] = f"127.0.0.1:{port}"
-        env["GATEWAY_PORT"] = str(self.settings.gateway_port)
+        s = self.settings
+        gateway_url = f"http://127.0.0.1:{s.gateway_port}"
+        env["GATEWAY_PORT"] = str(s.gateway_port)
+        # Links in emails point at the gateway; every sender must agree on its address.
+        env["NOTIFICATIONS_PUBLIC_BASE_URL"] = gateway_url
+        env["BILLING_PUBLIC_BASE_URL"] = gateway_url
+        env["NOTIFICATIONS_SMTP_PORT"] = str(s.smtp_catcher_port)
+        env["NOTIFICATIONS_DEV_SMTP_DIR"] = str(s.var_dir / "dev-mail")
+        env["IDENTITY_NOTIFICATIONS_TARGET"] = f"127.0.0.1:{s.notifications_port}"
+        env["BILLING_NOTIFICATIONS_TARGET"] = f"127.0.0.1:{s.notifications_port}"
+        env["BILLING_IDENTITY_TARGET"] = f"127.0.0.1:{s.identity_port}"
+        env["BILLING_PARTNER_API_PORT"] = str(s.partner_api_port)
+        env["BILLING_PSP_SANDBOX_PORT"] = str(s.psp_sandbox_port)
+        env["BILLING_PSP_PAYMENT_URL"] = f"http://127.0.0.1:{s.psp_sandbox_port}/cgi/MYchoix_pagepaiement.cgi"
+        env["BILLING_PSP_RETURN_BASE_URL"] = f"{gateway_url}/api/payments/psp"
+        env["BILLING_PSP_HMAC_KEY_PATH"] = str(s.var_dir / "keys" / "psp-sandbox.hmac")
+        env["BILLING_PSP_PUBLIC_KEY_PATH"] = str(s.var_dir / "keys" / "psp-sandbox.pub.pem")
+        env["BILLING_COVERAGE_CODE_SECRET_PATH"] = str(s.var_dir / "keys" / "billing-coverage-codes.secret")
+        env["BILLING_ARCHIVE_DIR"] = str(s.var_dir / "billing-archive")
         env["GATEWAY_TEMPORAL_UI_URL"] = f"http://127.0.0.1:{self.settings.temporal_ui_port}"
         return env
 
@@ -159,6 +180,20 @@ class Devstack:
                     raise RuntimeError(f"{name} did not become healthy")
                 await asyncio.sleep(0.2)
 
+    async def wait_tcp(self, name: str, port: int) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_seconds
+        while True:
+            self.check_children()
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                await writer.wait_closed()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not open port {port}") from None
+                await asyncio.sleep(0.2)
+
     async def wait_http_ready(self, url: str) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout_seconds
         async with httpx.AsyncClient() as client:
@@ -193,9 +228,14 @@ class Devstack:
         print("Starting Temporal dev server...", flush=True)
         self.start_temporal()
         await self.wait_temporal()
+        # Local stand-ins for the outside world: an SMTP catcher and the PSP sandbox.
+        self.spawn("smtp-catcher", [sys.executable, "-m", "services.notifications.dev_smtp"])
+        self.spawn("psp-sandbox", [sys.executable, "-m", "services.billing.psp.sandbox"])
+        await self.wait_tcp("smtp-catcher", self.settings.smtp_catcher_port)
+        await self.wait_tcp("psp-sandbox", self.settings.psp_sandbox_port)
         for service in self.service_ports():
             self.spawn(service, [sys.executable, "-m", f"services.{service}"])
-        for service, port in self.service_ports().items():
+        for service, port in [*self.service_ports().items(), ("partner-api", self.settings.partner_api_port)]:
             await self.wait_grpc_serving(service, port)
             print(f"  {service:14} SERVING on 127.0.0.1:{port}", flush=True)
         self.spawn("worker", [sys.executable, "-m", "workflows.worker"])
@@ -218,6 +258,9 @@ class Devstack:
                 f"  Temporal gRPC:   127.0.0.1:{s.temporal_port}",
                 "  Services (gRPC): "
                 + ", ".join(f"{name} :{port}" for name, port in self.service_ports().items()),
+                f"  Partner API:     127.0.0.1:{s.partner_api_port} (insurer integrations, API keys)",
+                f"  PSP sandbox:     http://127.0.0.1:{s.psp_sandbox_port} (test cards)",
+                f"  SMTP catcher:    127.0.0.1:{s.smtp_catcher_port} (messages: make outbox)",
                 f"  Logs:            {self.logs}",
                 "Press Ctrl-C to stop everything.",
                 "",

@@ -14,6 +14,14 @@ from secondopinion.matching.v1 import matching_pb2, matching_pb2_grpc
 from services.shared.auth import ServiceTokenProvider, TokenSigner
 from services.shared.grpc_client import open_channel
 
+REPO = Path(__file__).resolve().parents[1]
+# The platform's own texts (the specification of this project) when they sit beside the
+# repo; a short stand-in otherwise, so a bare clone still starts.
+LEGAL_TEXTS = [
+    (identity_pb2.LEGAL_TEXT_KIND_TERMS, "000_*.txt", "Conditions générales d'utilisation (démo)."),
+    (identity_pb2.LEGAL_TEXT_KIND_PRIVACY_POLICY, "001_*.txt", "Politique de confidentialité (démo)."),
+]
+DEMO_TERMS_VERSION = "2026.1"
 DEMO_PATIENT = {
     "email": "patient@demo.secondopinion.test",
     "phone_number": "+33612345678",
@@ -56,6 +64,22 @@ async def seed_demo_data(keys_dir: Path, ports: dict[str, int]) -> str:
     billing = billing_pb2_grpc.BillingServiceStub(billing_channel)
     lines = ["Demo data:"]
     try:
+        terms: identity_pb2.LegalText | None = None
+        for kind, pattern, fallback in LEGAL_TEXTS:
+            found = sorted((REPO.parent / "shared" / "seeds").glob(pattern))
+            body = found[0].read_text(encoding="utf-8") if found else fallback
+            published = await identity.PublishLegalText(
+                identity_pb2.PublishLegalTextRequest(
+                    idempotency_key=f"seed:legal:{kind}:{DEMO_TERMS_VERSION}",
+                    kind=kind,
+                    version=DEMO_TERMS_VERSION,
+                    locale="fr",
+                    body=body,
+                )
+            )
+            if kind == identity_pb2.LEGAL_TEXT_KIND_TERMS:
+                terms = published.text
+        lines.append(f"  terms and privacy policy version {DEMO_TERMS_VERSION}")
         for name, email, phone, rpps_base, areas in DEMO_DOCTORS:
             rpps = with_luhn_digit(rpps_base)
             account = await identity.CreateStaffAccount(
@@ -95,6 +119,8 @@ async def seed_demo_data(keys_dir: Path, ports: dict[str, int]) -> str:
                 password=DEMO_PATIENT["password"],
                 declared_age=42,
                 locale="fr",
+                accepted_terms_version=terms.version if terms else "",
+                accepted_terms_sha256_hex=terms.sha256_hex if terms else "",
             )
         )
         lines.append(f"  demo patient {DEMO_PATIENT['email']} / {DEMO_PATIENT['password']}")

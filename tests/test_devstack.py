@@ -68,15 +68,16 @@ def start_devstack(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[byt
 @pytest.mark.temporal
 def test_make_run_brings_everything_up_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     ports = {name: free_port() for name in ("temporal", "ui", "identity", "dossier", "matching", "billing",
-                                            "notifications", "gateway")}  # fmt: skip
+                                            "notifications", "gateway", "partner_api", "psp_sandbox",
+                                            "smtp_catcher")}  # fmt: skip
     env = {
         **os.environ,
         "DEVSTACK_VAR_DIR": str(tmp_path / "var"),
         "DEVSTACK_TEMPORAL_PORT": str(ports["temporal"]),
         "DEVSTACK_TEMPORAL_UI_PORT": str(ports["ui"]),
         "DEVSTACK_GATEWAY_PORT": str(ports["gateway"]),
-        **{f"DEVSTACK_{name.upper()}_PORT": str(ports[name])
-           for name in ("identity", "dossier", "matching", "billing", "notifications")},
+        **{f"DEVSTACK_{name.upper()}_PORT": str(port) for name, port in ports.items()
+           if name not in ("temporal", "ui", "gateway")},
     }  # fmt: skip
     for run in (1, 2):
         process, output = start_devstack(env, tmp_path / f"devstack-{run}.log")
@@ -88,7 +89,8 @@ def test_make_run_brings_everything_up_and_ctrl_c_stops_it(tmp_path: Path) -> No
             assert ready.status_code == 200 and set(ready.json()["services"].values()) == {"SERVING"}
             assert httpx.get(f"http://127.0.0.1:{ports['ui']}/", timeout=5).status_code == 200
             children = children_of(process.pid)
-            assert len(children) == 8, children  # temporal, 5 services, worker, gateway
+            # temporal, SMTP catcher, PSP sandbox, 5 services, worker, gateway
+            assert len(children) == 10, children
         finally:
             process.send_signal(signal.SIGINT)  # what Ctrl-C sends
             assert process.wait(timeout=60) == 0

@@ -35,7 +35,8 @@ SECURITY_HEADERS = {
     # Every API answer may carry personal data: never cached (API8).
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Same-origin only: nothing leaks to other sites, and our own form posts keep their Origin.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     # Scripts and styles only from our own /static: no inline code can run.
     "Content-Security-Policy": (

@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from argon2 import PasswordHasher, Type
 from secondopinion.identity.v1 import identity_pb2 as pb
 from secondopinion.identity.v1 import identity_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.identity.domain.accounts import AccountRegistry
+from services.identity.domain.context import Deps, Policy
+from services.identity.domain.notifier import Notifier
+from services.identity.domain.passwords import PasswordHashing
+from services.identity.domain.secrets import CodeKeys
 from services.identity.servicer import IdentityServicer, session_policy
 from services.identity.settings import IdentitySettings
-from services.shared.auth import IDENTITY_ISSUER, TokenSigner
+from services.shared.auth import IDENTITY_ISSUER, ServiceTokenProvider, TokenSigner
+from services.shared.grpc_client import open_channel
 from services.shared.grpc_server import GrpcServer, ServiceRegistration
 from services.shared.service import serving
 from services.shared.settings import InternalAuthSettings
@@ -21,13 +25,8 @@ from services.shared.settings import InternalAuthSettings
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
 
 
-def password_hasher(settings: IdentitySettings) -> PasswordHasher:
-    return PasswordHasher(
-        time_cost=settings.argon2_time_cost,
-        memory_cost=settings.argon2_memory_kib,
-        parallelism=settings.argon2_parallelism,
-        type=Type.ID,
-    )
+def password_hashing(settings: IdentitySettings) -> PasswordHashing:
+    return PasswordHashing(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism)
 
 
 @asynccontextmanager
@@ -36,16 +35,30 @@ async def running(
 ) -> AsyncIterator[GrpcServer]:
     auth = auth or InternalAuthSettings()
     signer = TokenSigner.from_keys_dir(auth.keys_dir, IDENTITY_ISSUER, auth.token_ttl_seconds)
+    keys = CodeKeys.from_setting_or_signing_key(
+        settings.code_secret.get_secret_value(), (auth.keys_dir / f"{IDENTITY_ISSUER}.key.pem").read_bytes()
+    )
+    # Identity calls the notifications service as itself (a service token it mints).
+    channel = open_channel(
+        settings.notifications_target, ServiceTokenProvider(signer), settings.outgoing_call_timeout_seconds
+    )
+    hashing = password_hashing(settings)
+    deps = Deps(policy=Policy.from_settings(settings), hashing=hashing, keys=keys, notifier=Notifier(channel))
 
     def registrations(sessions: async_sessionmaker[AsyncSession]) -> list[ServiceRegistration]:
-        # RPCs of later issues answer UNIMPLEMENTED through the generated base class.
+        # RPCs of later issues (habilitations, rights requests, legal holds, retention)
+        # answer UNIMPLEMENTED through the generated base class.
         servicer = IdentityServicer(  # type: ignore[abstract]
             sessions,
-            AccountRegistry(password_hasher(settings)),
+            AccountRegistry(hashing),
             signer,
             session_policy(settings.session_idle_timeout_seconds, settings.session_absolute_timeout_seconds),
+            deps,
         )
         return [ServiceRegistration(SERVICE_NAME, pb_grpc.add_IdentityServiceServicer_to_server, servicer)]
 
-    async with serving("identity", settings, auth, registrations) as server:
-        yield server
+    try:
+        async with serving("identity", settings, auth, registrations) as server:
+            yield server
+    finally:
+        await channel.close()

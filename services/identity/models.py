@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.shared.db import UTCDateTime, new_metadata
@@ -26,12 +26,25 @@ class Account(Base):
     # E.164, for one-time codes.
     phone_number: Mapped[str] = mapped_column(String(20))
     display_name: Mapped[str] = mapped_column(String(200), default="")
+    # Argon2id; NULL while none is set (staff before enrolment, deactivated credentials).
     password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
     status: Mapped[str] = mapped_column(String(16))
     declared_age: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rpps_number: Mapped[str | None] = mapped_column(String(11), nullable=True, unique=True)
     locale: Mapped[str] = mapped_column(String(8), default="fr")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    partner_id: Mapped[str] = mapped_column(String(64), default="")
+    # ACC-07 counters, on the server, per account; only a completed login resets them.
+    failed_login_count: Mapped[int] = mapped_column(Integer, default=0)
+    failed_code_count: Mapped[int] = mapped_column(Integer, default=0)
+    # ACC-10: set by a breach flag or provisional credentials.
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    closure_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    closed_by_account_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    last_activity_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class UserSession(Base):
@@ -44,6 +57,186 @@ class UserSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    authentication_method: Mapped[str] = mapped_column(String(40), default="")
+    ip_address: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(512), default="")
+    step_up_valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class Challenge(Base):
+    """A login attempt, a step-up or a password reset: the one-time code is bound to it."""
+
+    __tablename__ = "challenges"
+
+    challenge_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))  # login | step_up | reset
+    # NULL for the decoy attempts of unknown emails (never answerable).
+    account_id: Mapped[str | None] = mapped_column(
+        ForeignKey("accounts.account_id"), nullable=True, index=True
+    )
+    session_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    step_up_purpose: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # HMAC-SHA256(server key, challenge id + code): never the code itself.
+    code_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    code_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    codes_sent: Mapped[int] = mapped_column(Integer, default=0)
+    last_code_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Comma-separated SecondFactorKind names still due, in order.
+    remaining_factors: Mapped[str] = mapped_column(String(200), default="")
+    failed_codes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ip_address: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(512), default="")
+
+
+class ResetLink(Base):
+    """An emailed reset (or provisional-credentials) link; only its hash is kept."""
+
+    __tablename__ = "reset_links"
+
+    link_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.account_id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # reset | provisional
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    redeemed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    challenge_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+
+class TotpFactor(Base):
+    __tablename__ = "totp_factors"
+
+    factor_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.account_id"), index=True)
+    # AES-256-GCM of the base32 secret under a key derived from the server secret.
+    secret_encrypted: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16))  # pending | active | removed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Last accepted time step: a TOTP code is accepted once.
+    last_used_step: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RecoveryCode(Base):
+    __tablename__ = "recovery_codes"
+
+    code_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.account_id"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Beneficiary(Base):
+    __tablename__ = "beneficiaries"
+
+    beneficiary_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    representative_account_id: Mapped[str] = mapped_column(ForeignKey("accounts.account_id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # minor | ward | mandator
+    first_name: Mapped[str] = mapped_column(String(100))
+    last_name: Mapped[str] = mapped_column(String(100))
+    birth_date: Mapped[str] = mapped_column(String(10))
+    proof_document_id: Mapped[str] = mapped_column(String(64))
+    minor_consent_mode: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    minor_consent_document_id: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    beneficiary_account_id: Mapped[str] = mapped_column(String(36), default="")
+
+
+class Prospect(Base):
+    __tablename__ = "prospects"
+
+    prospect_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    referring_account_id: Mapped[str] = mapped_column(ForeignKey("accounts.account_id"), index=True)
+    first_name: Mapped[str] = mapped_column(String(100))
+    last_name: Mapped[str] = mapped_column(String(100))
+    email: Mapped[str] = mapped_column(String(320), default="")
+    phone_number: Mapped[str] = mapped_column(String(20), default="")
+    locale: Mapped[str] = mapped_column(String(8), default="fr")
+    status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # RET-01: the retention clock runs from the last invitation.
+    last_invitation_sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    invitations_sent: Mapped[int] = mapped_column(Integer, default=1)
+    # SHA-256 of the invitation token carried by the link.
+    invitation_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    account_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+
+class LegalText(Base):
+    __tablename__ = "legal_texts"
+    __table_args__ = (
+        UniqueConstraint("kind", "version", "locale", name="uq_legal_texts_kind_version_locale"),
+    )
+
+    text_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    version: Mapped[str] = mapped_column(String(40))
+    locale: Mapped[str] = mapped_column(String(8))
+    body: Mapped[str] = mapped_column(Text)
+    sha256_hex: Mapped[str] = mapped_column(String(64))
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EvidenceRecord(Base):
+    """Append-only, hash-chained (CNS-05): never updated, never deleted by the service."""
+
+    __tablename__ = "evidence_records"
+
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    record_id: Mapped[str] = mapped_column(String(36), unique=True)
+    account_id: Mapped[str] = mapped_column(String(36), index=True)
+    beneficiary_id: Mapped[str] = mapped_column(String(36), default="")
+    kind: Mapped[str] = mapped_column(String(40))
+    text_id: Mapped[str] = mapped_column(String(36), default="")
+    text_kind: Mapped[str] = mapped_column(String(40), default="")
+    text_version: Mapped[str] = mapped_column(String(40), default="")
+    text_sha256_hex: Mapped[str] = mapped_column(String(64), default="")
+    consent_kind: Mapped[str] = mapped_column(String(40), default="")
+    objection_kind: Mapped[str] = mapped_column(String(40), default="")
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    authentication_method: Mapped[str] = mapped_column(String(40))
+    session_id: Mapped[str] = mapped_column(String(36), default="")
+    ip_address: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(512), default="")
+    recorded_by_account_id: Mapped[str] = mapped_column(String(36), default="")
+    previous_hash_hex: Mapped[str] = mapped_column(String(64))
+    record_hash_hex: Mapped[str] = mapped_column(String(64))
+
+
+class EvidenceChainHead(Base):
+    """One row: the last sequence and hash. Updating it first serialises appends."""
+
+    __tablename__ = "evidence_chain_head"
+
+    head_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_sequence: Mapped[int] = mapped_column(BigInteger)
+    last_hash_hex: Mapped[str] = mapped_column(String(64))
+
+
+class AuthenticationEvent(Base):
+    """SEC-01 authentication log. Never holds a secret, a code, an email or a phone."""
+
+    __tablename__ = "authentication_events"
+    __table_args__ = (Index("ix_authentication_events_account_time", "account_id", "occurred_at"),)
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(36), default="")
+    kind: Mapped[str] = mapped_column(String(40))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    session_id: Mapped[str] = mapped_column(String(36), default="")
+    ip_address: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(512), default="")
 
 
 class IdempotencyRecord(IdempotencyRecordMixin, Base):

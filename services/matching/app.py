@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 from secondopinion.matching.v1 import matching_pb2 as pb
 from secondopinion.matching.v1 import matching_pb2_grpc as pb_grpc
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.matching.servicer import MatchingServicer
 from services.matching.settings import MatchingSettings
+from services.shared.db import utcnow
 from services.shared.grpc_server import GrpcServer, ServiceRegistration
 from services.shared.service import serving
 from services.shared.settings import InternalAuthSettings
@@ -20,11 +22,17 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MatchingService"].full_name
 
 @asynccontextmanager
 async def running(
-    settings: MatchingSettings, auth: InternalAuthSettings | None = None
+    settings: MatchingSettings,
+    auth: InternalAuthSettings | None = None,
+    *,
+    clock: Callable[[], datetime] = utcnow,
 ) -> AsyncIterator[GrpcServer]:
+    """The matching server; `clock` is injectable so tests of delays and timeouts never sleep."""
+
     def registrations(sessions: async_sessionmaker[AsyncSession]) -> list[ServiceRegistration]:
-        # RPCs of later issues answer UNIMPLEMENTED through the generated base class.
-        servicer = MatchingServicer(sessions)  # type: ignore[abstract]
+        # RPCs of later issues (data export, archive, purge: issue 10) answer UNIMPLEMENTED
+        # through the generated base class.
+        servicer = MatchingServicer(sessions, clock)  # type: ignore[abstract]
         return [ServiceRegistration(SERVICE_NAME, pb_grpc.add_MatchingServiceServicer_to_server, servicer)]
 
     async with serving("matching", settings, auth or InternalAuthSettings(), registrations) as server:

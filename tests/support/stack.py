@@ -34,7 +34,7 @@ from tests.support.databases import service_database
 from workflows.settings import TemporalSettings, WorkerSettings
 from workflows.worker import case_worker
 
-ISSUERS = ("identity", "gateway", "worker", "ops")
+ISSUERS = ("identity", "gateway", "worker", "ops", "billing")
 # Tests keep Argon2 at the documented minimum; speed comes from few hashes, not weak ones.
 
 
@@ -104,35 +104,53 @@ async def platform_stack(
             urls[service] = await exit_stack.enter_async_context(
                 service_database(service, backend, workdir / "db")
             )
+        test_env = Environment.TEST
+        # Started in dependency order: notifications first (others send through it).
+        notifications = await exit_stack.enter_async_context(
+            notifications_running(
+                NotificationsSettings(database_url=urls["notifications"], environment=test_env, port=0), auth
+            )
+        )
+        identity = await exit_stack.enter_async_context(
+            identity_running(
+                IdentitySettings(
+                    database_url=urls["identity"],
+                    environment=test_env,
+                    port=0,
+                    notifications_target=notifications.target,
+                ),
+                auth,
+            )
+        )
+        billing = await exit_stack.enter_async_context(
+            billing_running(
+                BillingSettings(
+                    database_url=urls["billing"],
+                    environment=test_env,
+                    port=0,
+                    partner_api_port=0,
+                    identity_target=identity.target,
+                    notifications_target=notifications.target,
+                    archive_dir=workdir / "billing-archive",
+                    psp_hmac_key_path=workdir / "keys" / "psp-sandbox.hmac",
+                    psp_public_key_path=workdir / "keys" / "psp-sandbox.pub.pem",
+                    coverage_code_secret_path=workdir / "keys" / "billing-coverage-codes.secret",
+                ),
+                auth,
+            )
+        )
         servers = {
-            "identity": await exit_stack.enter_async_context(
-                identity_running(
-                    IdentitySettings(database_url=urls["identity"], environment=Environment.TEST, port=0),
-                    auth,
-                )
-            ),
+            "notifications": notifications,
+            "identity": identity,
+            "billing": billing,
             "dossier": await exit_stack.enter_async_context(
                 dossier_running(
-                    DossierSettings(database_url=urls["dossier"], environment=Environment.TEST, port=0), auth
+                    DossierSettings(database_url=urls["dossier"], environment=test_env, port=0), auth
                 )
             ),
             "matching": await exit_stack.enter_async_context(
                 matching_running(
-                    MatchingSettings(database_url=urls["matching"], environment=Environment.TEST, port=0),
-                    auth,
-                )
-            ),
-            "billing": await exit_stack.enter_async_context(
-                billing_running(
-                    BillingSettings(database_url=urls["billing"], environment=Environment.TEST, port=0), auth
-                )
-            ),
-            "notifications": await exit_stack.enter_async_context(
-                notifications_running(
-                    NotificationsSettings(
-                        database_url=urls["notifications"], environment=Environment.TEST, port=0
-                    ),
-                    auth,
+                    MatchingSettings(database_url=urls["matching"], environment=test_env, port=0), auth
                 )
             ),
         }

@@ -1,4 +1,4 @@
-"""Accounts: sign-up of patient users, creation of staff and doctor accounts."""
+"""Accounts: sign-up of patient users, staff and doctor accounts, lock, unlock, closure."""
 
 from __future__ import annotations
 
@@ -9,18 +9,22 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import phonenumbers
-from argon2 import PasswordHasher
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.identity.models import Account
+from services.identity.domain.events import NO_CLIENT, Client, EventKind, record_event
+from services.identity.domain.passwords import PasswordHashing, check_password_policy
+from services.identity.domain.sessions import end_all_sessions
+from services.identity.models import Account, Challenge
 from services.shared.auth import Role
 from services.shared.db import utcnow
-from services.shared.errors import AlreadyExists, InvalidArgument, NotFound
+from services.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 MIN_AGE = 18  # ACC-02: users are natural persons aged 18 or more (declared).
-PASSWORD_MIN, PASSWORD_MAX = 8, 25  # ACC-04: 8 to 25 characters.
+MAX_AGE = 130
 EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}\.[^@\s.]{2,63}$")
+MAX_EMAIL_INPUT = 320
+LOCALES = frozenset({"fr", "en"})
 STAFF_ROLES = frozenset(
     {
         Role.REFERRING_DOCTOR,
@@ -31,6 +35,9 @@ STAFF_ROLES = frozenset(
         Role.PARTNER_USER,
     }
 )
+# ACC-12: strong authentication (TOTP at every login) for doctors and staff reaching
+# health data, and for every staff role in practice.
+STRONG_AUTH_ROLES = STAFF_ROLES
 
 
 class AccountStatus(StrEnum):
@@ -40,8 +47,31 @@ class AccountStatus(StrEnum):
     CLOSED = "closed"
 
 
+class ClosureReason(StrEnum):
+    USER_REQUEST = "user_request"
+    CONSENT_WITHDRAWN = "consent_withdrawn"
+    LAW_BREACH = "law_breach"
+    FRAUDULENT_ACCESS_ATTEMPTS = "fraudulent_access_attempts"
+    ABUSIVE_USE = "abusive_use"
+    DEFINITIVE_IMPEDIMENT = "definitive_impediment"
+
+
+STAFF_CLOSURE_REASONS = frozenset(
+    {
+        ClosureReason.LAW_BREACH,
+        ClosureReason.FRAUDULENT_ACCESS_ATTEMPTS,
+        ClosureReason.ABUSIVE_USE,
+        ClosureReason.DEFINITIVE_IMPEDIMENT,
+        ClosureReason.USER_REQUEST,  # the DPO closes on the user's emailed request
+        ClosureReason.CONSENT_WITHDRAWN,
+    }
+)
+
+
 def normalize_email(email: str) -> str:
     """NFKC then casefold: full-width or differently-cased look-alikes map to one login."""
+    if len(email) > MAX_EMAIL_INPUT:
+        raise InvalidArgument("email is not a valid address")
     normalized = unicodedata.normalize("NFKC", email).strip().casefold()
     if len(normalized) > 320 or not EMAIL_PATTERN.match(normalized):
         raise InvalidArgument("email is not a valid address")
@@ -49,28 +79,29 @@ def normalize_email(email: str) -> str:
 
 
 def normalize_phone(phone_number: str, default_region: str = "FR") -> str:
-    """E.164 mobile number; codes go by SMS, so the number must be a valid one."""
+    """E.164 mobile number; codes go by SMS, so the number must be a valid mobile one."""
     if not phone_number or len(phone_number) > 32:
-        raise InvalidArgument("phone_number is required")
+        raise InvalidArgument("phone_number is required (at most 32 characters)")
     try:
         parsed = phonenumbers.parse(phone_number, default_region)
     except phonenumbers.NumberParseException as exc:
         raise InvalidArgument("phone_number is not a valid phone number") from exc
     if not phonenumbers.is_valid_number(parsed):
         raise InvalidArgument("phone_number is not a valid phone number")
+    kind = phonenumbers.number_type(parsed)
+    if kind not in {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}:
+        raise InvalidArgument("phone_number must be a mobile number (codes are sent by SMS)")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-def check_password_policy(password: str) -> None:
-    """ACC-04 as the terms state it: 8 to 25 characters, upper case, lower case, and
-    digits and/or special characters. (The blocklist of breached passwords is issue 3.)"""
-    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
-        raise InvalidArgument(f"password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters")
-    has_upper = any(c.isupper() for c in password)
-    has_lower = any(c.islower() for c in password)
-    has_digit_or_special = any(c.isdigit() or not c.isalnum() for c in password)
-    if not (has_upper and has_lower and has_digit_or_special):
-        raise InvalidArgument("password needs upper case, lower case, and digits and/or special characters")
+def mask_phone_for_display(e164: str) -> str:
+    """`+33612345678` -> `+33 •• •• •• •• 78`: enough for the person to recognise it."""
+    return f"{e164[:3]} {'•' * max(len(e164) - 5, 0)}{e164[-2:]}" if len(e164) > 5 else "•••"
+
+
+def normalize_locale(locale: str) -> str:
+    tag = locale.strip().lower()[:2]
+    return tag if tag in LOCALES else "fr"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +120,7 @@ class NewStaffMember:
     phone_number: str
     display_name: str
     rpps_number: str
+    partner_id: str = ""
 
 
 def rpps_is_valid(rpps: str) -> bool:
@@ -104,28 +136,31 @@ def rpps_is_valid(rpps: str) -> bool:
     return total % 10 == 0
 
 
+def needs_totp(account: Account) -> bool:
+    return Role(account.role) in STRONG_AUTH_ROLES
+
+
 class AccountRegistry:
-    def __init__(self, hasher: PasswordHasher) -> None:
-        self._hasher = hasher
+    def __init__(self, hashing: PasswordHashing) -> None:
+        self._hashing = hashing
 
     async def _ensure_email_free(self, session: AsyncSession, email_normalized: str) -> None:
         taken = await session.scalar(
             select(Account.account_id).where(Account.email_normalized == email_normalized)
         )
         if taken is not None:
-            # Same message whatever the account: sign-up must not reveal who is registered
-            # beyond what the uniqueness rule forces (issue 3 adds the emailed flow).
             raise AlreadyExists("an account already exists for this email")
 
     async def sign_up_patient(self, session: AsyncSession, new: NewPatient) -> Account:
         if new.declared_age < MIN_AGE:
             raise InvalidArgument("users must be 18 or older (declared age)")
-        if new.declared_age > 130:
+        if new.declared_age > MAX_AGE:
             raise InvalidArgument("declared_age is not plausible")
         email_normalized = normalize_email(new.email)
         phone = normalize_phone(new.phone_number)
         check_password_policy(new.password)
         await self._ensure_email_free(session, email_normalized)
+        now = utcnow()
         account = Account(
             account_id=str(uuid.uuid4()),
             role=Role.PATIENT.value,
@@ -133,12 +168,18 @@ class AccountRegistry:
             email=new.email.strip(),
             phone_number=phone,
             display_name="",
-            password_hash=self._hasher.hash(new.password),
+            password_hash=await self._hashing.hash(new.password),
             status=AccountStatus.ACTIVE.value,
             declared_age=new.declared_age,
             rpps_number=None,
-            locale=new.locale if new.locale in {"fr", "en"} else "fr",
-            created_at=utcnow(),
+            locale=normalize_locale(new.locale),
+            created_at=now,
+            partner_id="",
+            failed_login_count=0,
+            failed_code_count=0,
+            must_change_password=False,
+            password_changed_at=now,
+            last_activity_at=now,
         )
         session.add(account)
         await session.flush()
@@ -153,9 +194,18 @@ class AccountRegistry:
             raise InvalidArgument("rpps_number is not valid")
         if not new.display_name.strip() or len(new.display_name) > 200:
             raise InvalidArgument("display_name is required (at most 200 characters)")
+        if new.role is Role.PARTNER_USER and not new.partner_id:
+            raise InvalidArgument("partner users need a partner_id")
+        if len(new.partner_id) > 64:
+            raise InvalidArgument("partner_id is at most 64 characters")
         email_normalized = normalize_email(new.email)
         phone = normalize_phone(new.phone_number)
         await self._ensure_email_free(session, email_normalized)
+        if new.rpps_number and await session.scalar(
+            select(Account.account_id).where(Account.rpps_number == new.rpps_number)
+        ):
+            raise AlreadyExists("an account already exists for this RPPS number")
+        now = utcnow()
         account = Account(
             account_id=str(uuid.uuid4()),
             role=new.role.value,
@@ -163,19 +213,107 @@ class AccountRegistry:
             email=new.email.strip(),
             phone_number=phone,
             display_name=new.display_name.strip(),
-            password_hash=None,  # set through the enrolment flow (issue 3)
+            password_hash=None,  # chosen through the emailed link + SMS code (reset flow)
             status=AccountStatus.ACTIVE.value,
             declared_age=None,
             rpps_number=new.rpps_number or None,
             locale="fr",
-            created_at=utcnow(),
+            created_at=now,
+            partner_id=new.partner_id if new.role is Role.PARTNER_USER else "",
+            failed_login_count=0,
+            failed_code_count=0,
+            must_change_password=False,
+            last_activity_at=now,
         )
         session.add(account)
         await session.flush()
         return account
 
     async def get(self, session: AsyncSession, account_id: str) -> Account:
+        return await get_account(session, account_id)
+
+
+async def get_account(session: AsyncSession, account_id: str, *, for_update: bool = False) -> Account:
+    if not account_id or len(account_id) > 36:
+        raise NotFound("account not found")
+    if for_update:
+        account = await session.scalar(
+            select(Account).where(Account.account_id == account_id).with_for_update()
+        )
+    else:
         account = await session.get(Account, account_id)
-        if account is None:
-            raise NotFound("account not found")
-        return account
+    if account is None:
+        raise NotFound("account not found")
+    return account
+
+
+async def find_by_email(session: AsyncSession, email: str) -> Account | None:
+    try:
+        normalized = normalize_email(email)
+    except InvalidArgument:
+        return None
+    return await session.scalar(select(Account).where(Account.email_normalized == normalized))
+
+
+async def set_status(session: AsyncSession, account: Account, status: AccountStatus) -> None:
+    account.status = status.value
+    account.status_changed_at = utcnow()
+
+
+async def lock_account(session: AsyncSession, account: Account, client: Client = NO_CLIENT) -> None:
+    """ACC-07: locked; every session and pending challenge ends."""
+    if account.status != AccountStatus.ACTIVE.value:
+        return
+    await set_status(session, account, AccountStatus.LOCKED)
+    await end_all_sessions(session, account.account_id, "locked")
+    await close_pending_challenges(session, account.account_id)
+    record_event(session, EventKind.ACCOUNT_LOCKED, account.account_id, client)
+
+
+async def close_pending_challenges(session: AsyncSession, account_id: str) -> None:
+    await session.execute(
+        update(Challenge)
+        .where(Challenge.account_id == account_id, Challenge.completed_at.is_(None))
+        .values(expires_at=utcnow(), code_hash=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def unlock_account(session: AsyncSession, account_id: str) -> Account:
+    account = await get_account(session, account_id, for_update=True)
+    if account.status == AccountStatus.CLOSED.value:
+        raise FailedPrecondition("a closed account cannot be unlocked")
+    if account.status == AccountStatus.BLOCKED.value:
+        raise FailedPrecondition("a blocked account is unblocked by a password reset")
+    if account.status == AccountStatus.LOCKED.value:
+        await set_status(session, account, AccountStatus.ACTIVE)
+        account.failed_code_count = 0
+        account.failed_login_count = 0
+        record_event(session, EventKind.ACCOUNT_UNLOCKED, account.account_id)
+    return account
+
+
+async def close_account(
+    session: AsyncSession, account_id: str, reason: ClosureReason, closed_by: str
+) -> tuple[Account, int]:
+    """ACC-11: access ends, data stays (archived by the lifecycle, never deleted here)."""
+    account = await get_account(session, account_id, for_update=True)
+    if account.status == AccountStatus.CLOSED.value:
+        return account, 0
+    now = utcnow()
+    await set_status(session, account, AccountStatus.CLOSED)
+    account.closed_at = now
+    account.closure_reason = reason.value
+    account.closed_by_account_id = closed_by
+    ended = await end_all_sessions(session, account_id, "closed")
+    await close_pending_challenges(session, account_id)
+    record_event(session, EventKind.ACCOUNT_CLOSED, account_id)
+    return account, ended
+
+
+async def update_locale(session: AsyncSession, account_id: str, locale: str) -> Account:
+    if locale.strip().lower()[:2] not in LOCALES:
+        raise InvalidArgument('locale must be "fr" or "en"')
+    account = await get_account(session, account_id)
+    account.locale = normalize_locale(locale)
+    return account

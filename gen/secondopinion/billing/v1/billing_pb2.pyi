@@ -1631,6 +1631,7 @@ class BillingMandate(_message.Message):
     SIGNED_DOCUMENT_ID_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
     INVOICE_NUMBER_PREFIX_FIELD_NUMBER: _builtins.int
+    DOCTOR_LEGAL_NAME_FIELD_NUMBER: _builtins.int
     mandate_id: _builtins.str
     """Mandate id (UUID)."""
     doctor_id: _builtins.str
@@ -1649,6 +1650,8 @@ class BillingMandate(_message.Message):
     """Dossier document id of the signed acceptance."""
     invoice_number_prefix: _builtins.str
     """The doctor's invoice-numbering prefix (gap-free sequence per issuer)."""
+    doctor_legal_name: _builtins.str
+    """The name the doctor's invoices are issued in."""
     @_builtins.property
     def starts_at(self) -> _timestamp_pb2.Timestamp:
         """First moment in force."""
@@ -1676,10 +1679,11 @@ class BillingMandate(_message.Message):
         signed_document_id: _builtins.str = ...,
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
         invoice_number_prefix: _builtins.str = ...,
+        doctor_legal_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "covers_billing", b"covers_billing", "covers_collection", b"covers_collection", "doctor_account_id", b"doctor_account_id", "doctor_id", b"doctor_id", "ends_at", b"ends_at", "invoice_number_prefix", b"invoice_number_prefix", "mandate_id", b"mandate_id", "mandate_text_sha256_hex", b"mandate_text_sha256_hex", "mandate_text_version", b"mandate_text_version", "signed_document_id", b"signed_document_id", "starts_at", b"starts_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "covers_billing", b"covers_billing", "covers_collection", b"covers_collection", "doctor_account_id", b"doctor_account_id", "doctor_id", b"doctor_id", "doctor_legal_name", b"doctor_legal_name", "ends_at", b"ends_at", "invoice_number_prefix", b"invoice_number_prefix", "mandate_id", b"mandate_id", "mandate_text_sha256_hex", b"mandate_text_sha256_hex", "mandate_text_version", b"mandate_text_version", "signed_document_id", b"signed_document_id", "starts_at", b"starts_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1702,6 +1706,7 @@ class RecordBillingMandateRequest(_message.Message):
     MANDATE_TEXT_SHA256_HEX_FIELD_NUMBER: _builtins.int
     SIGNED_DOCUMENT_ID_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
+    DOCTOR_LEGAL_NAME_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Idempotency key, derived from a stable business identity (the doctor and the
     mandate text version); a reused key with different parameters is refused.
@@ -1720,6 +1725,8 @@ class RecordBillingMandateRequest(_message.Message):
     """SHA-256 (hex) of the mandate text accepted."""
     signed_document_id: _builtins.str
     """Dossier document id of the signed acceptance."""
+    doctor_legal_name: _builtins.str
+    """The name the doctor's invoices are issued in (as on the signed mandate)."""
     @_builtins.property
     def starts_at(self) -> _timestamp_pb2.Timestamp:
         """First moment in force."""
@@ -1746,10 +1753,11 @@ class RecordBillingMandateRequest(_message.Message):
         mandate_text_sha256_hex: _builtins.str = ...,
         signed_document_id: _builtins.str = ...,
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
+        doctor_legal_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "covers_billing", b"covers_billing", "covers_collection", b"covers_collection", "doctor_account_id", b"doctor_account_id", "doctor_id", b"doctor_id", "ends_at", b"ends_at", "idempotency_key", b"idempotency_key", "mandate_text_sha256_hex", b"mandate_text_sha256_hex", "mandate_text_version", b"mandate_text_version", "signed_document_id", b"signed_document_id", "starts_at", b"starts_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "covers_billing", b"covers_billing", "covers_collection", b"covers_collection", "doctor_account_id", b"doctor_account_id", "doctor_id", b"doctor_id", "doctor_legal_name", b"doctor_legal_name", "ends_at", b"ends_at", "idempotency_key", b"idempotency_key", "mandate_text_sha256_hex", b"mandate_text_sha256_hex", "mandate_text_version", b"mandate_text_version", "signed_document_id", b"signed_document_id", "starts_at", b"starts_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

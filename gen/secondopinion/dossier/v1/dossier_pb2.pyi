@@ -813,6 +813,8 @@ class _AccessPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccessP
     """Answering a rights request."""
     ACCESS_PURPOSE_LEGAL_ARCHIVE: _AccessPurpose.ValueType  # 7
     """A legal need on archived data (RET-07)."""
+    ACCESS_PURPOSE_NONE_ESTABLISHED: _AccessPurpose.ValueType  # 8
+    """No purpose the access rules recognise (refused attempts only)."""
 
 class AccessPurpose(_AccessPurpose, metaclass=_AccessPurposeEnumTypeWrapper):
     """Why an access was made."""
@@ -833,6 +835,8 @@ ACCESS_PURPOSE_RIGHTS_REQUEST: AccessPurpose.ValueType  # 6
 """Answering a rights request."""
 ACCESS_PURPOSE_LEGAL_ARCHIVE: AccessPurpose.ValueType  # 7
 """A legal need on archived data (RET-07)."""
+ACCESS_PURPOSE_NONE_ESTABLISHED: AccessPurpose.ValueType  # 8
+"""No purpose the access rules recognise (refused attempts only)."""
 Global___AccessPurpose: _TypeAlias = AccessPurpose  # noqa: Y015
 
 class _ChainProblem:

@@ -1765,6 +1765,7 @@ class ValidateSessionResponse(_message.Message):
     STEP_UP_VALID_UNTIL_FIELD_NUMBER: _builtins.int
     MUST_CHANGE_PASSWORD_FIELD_NUMBER: _builtins.int
     LOCALE_FIELD_NUMBER: _builtins.int
+    MUST_ENROL_TOTP_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The session's account."""
     role: Global___AccountRole.ValueType
@@ -1779,6 +1780,8 @@ class ValidateSessionResponse(_message.Message):
     """True when the password must be changed before anything else (ACC-10)."""
     locale: _builtins.str
     """The account's preferred language ("fr" or "en")."""
+    must_enrol_totp: _builtins.bool
+    """True when a staff account must enrol TOTP before anything else (ACC-12)."""
     @_builtins.property
     def internal_token_expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the internal token expires."""
@@ -1803,10 +1806,11 @@ class ValidateSessionResponse(_message.Message):
         step_up_valid_until: _timestamp_pb2.Timestamp | None = ...,
         must_change_password: _builtins.bool = ...,
         locale: _builtins.str = ...,
+        must_enrol_totp: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["internal_token_expires_at", b"internal_token_expires_at", "step_up_valid_until", b"step_up_valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "habilitations", b"habilitations", "internal_token", b"internal_token", "internal_token_expires_at", b"internal_token_expires_at", "locale", b"locale", "must_change_password", b"must_change_password", "role", b"role", "session_id", b"session_id", "step_up_valid_until", b"step_up_valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "habilitations", b"habilitations", "internal_token", b"internal_token", "internal_token_expires_at", b"internal_token_expires_at", "locale", b"locale", "must_change_password", b"must_change_password", "must_enrol_totp", b"must_enrol_totp", "role", b"role", "session_id", b"session_id", "step_up_valid_until", b"step_up_valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1336,6 +1336,7 @@ class CreateOfferRequest(_message.Message):
     THERAPEUTIC_AREA_FIELD_NUMBER: _builtins.int
     RESPOND_BY_FIELD_NUMBER: _builtins.int
     REVIEW_DEADLINE_AT_FIELD_NUMBER: _builtins.int
+    DOCTORS_NEEDED_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Idempotency key, derived from the workflow id and the candidate; a reused key with
     different parameters is refused.
@@ -1346,6 +1347,12 @@ class CreateOfferRequest(_message.Message):
     """The doctor offered the case."""
     therapeutic_area: _builtins.str
     """Therapeutic area code of the case."""
+    doctors_needed: _builtins.int
+    """Number of doctors the case needs in all (collegial opinion: more than 1). Accepts
+    beyond it are refused, so a case may be offered to several doctors at once. A later
+    offer may change it (never below the doctors already assigned). 0: keep the number
+    given earlier (for a new case: only the platform maximum of 5 doctors per case).
+    """
     @_builtins.property
     def respond_by(self) -> _timestamp_pb2.Timestamp:
         """Answer expected before this time."""
@@ -1363,10 +1370,11 @@ class CreateOfferRequest(_message.Message):
         therapeutic_area: _builtins.str = ...,
         respond_by: _timestamp_pb2.Timestamp | None = ...,
         review_deadline_at: _timestamp_pb2.Timestamp | None = ...,
+        doctors_needed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["respond_by", b"respond_by", "review_deadline_at", b"review_deadline_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "doctor_id", b"doctor_id", "idempotency_key", b"idempotency_key", "respond_by", b"respond_by", "review_deadline_at", b"review_deadline_at", "therapeutic_area", b"therapeutic_area"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "doctor_id", b"doctor_id", "doctors_needed", b"doctors_needed", "idempotency_key", b"idempotency_key", "respond_by", b"respond_by", "review_deadline_at", b"review_deadline_at", "therapeutic_area", b"therapeutic_area"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1805,6 +1813,7 @@ class ReassignCaseRequest(_message.Message):
     TRIED_DOCTOR_IDS_FIELD_NUMBER: _builtins.int
     TARGET_DELAY_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    ALTERNATE_COUNT_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Idempotency key, derived from the workflow id and the escalation step; a reused key
     with different parameters is refused.
@@ -1812,13 +1821,17 @@ class ReassignCaseRequest(_message.Message):
     case_id: _builtins.str
     """The case."""
     assignment_id: _builtins.str
-    """The assignment released (empty when none is active)."""
+    """The assignment released (empty when none is active; an assignment already released
+    is left as it is).
+    """
     reason: Global___ReassignmentReason.ValueType
     """Why."""
     therapeutic_area: _builtins.str
     """Therapeutic area code of the case."""
     doctor_count: _builtins.int
     """Number of replacement doctors wanted."""
+    alternate_count: _builtins.int
+    """Number of alternates wanted besides the picks."""
     @_builtins.property
     def tried_doctor_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Doctors already tried, besides those the service recorded itself."""
@@ -1843,10 +1856,11 @@ class ReassignCaseRequest(_message.Message):
         tried_doctor_ids: _abc.Iterable[_builtins.str] | None = ...,
         target_delay: _duration_pb2.Duration | None = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        alternate_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "target_delay", b"target_delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "assignment_id", b"assignment_id", "case_id", b"case_id", "doctor_count", b"doctor_count", "idempotency_key", b"idempotency_key", "reason", b"reason", "target_delay", b"target_delay", "therapeutic_area", b"therapeutic_area", "tried_doctor_ids", b"tried_doctor_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternate_count", b"alternate_count", "as_of", b"as_of", "assignment_id", b"assignment_id", "case_id", b"case_id", "doctor_count", b"doctor_count", "idempotency_key", b"idempotency_key", "reason", b"reason", "target_delay", b"target_delay", "therapeutic_area", b"therapeutic_area", "tried_doctor_ids", b"tried_doctor_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

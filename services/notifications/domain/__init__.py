@@ -1,0 +1,1 @@
+"""Notification rules: templates and their variables, recipients, the outbox, delivery."""
