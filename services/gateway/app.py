@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,6 +31,8 @@ from services.gateway.web.security import DEFAULT_LIMITS, CsrfProtection, RateLi
 from services.shared.settings import Environment, InternalAuthSettings
 from workflows.settings import TemporalSettings
 from workflows.temporal_client import connect
+
+log = logging.getLogger(__name__)
 
 SECURITY_HEADERS = {
     # Every API answer may carry personal data: never cached (API8).
@@ -89,7 +92,8 @@ def create_app(
     ) -> Response:
         try:
             response = await call_next(request)
-        except Exception:
+        except Exception as exc:
+            log.error("request failed", exc_info=exc, extra={"fields": {"path": request.url.path}})
             response = problem(
                 503, "Service unavailable", "the service is temporarily unavailable, please retry"
             )

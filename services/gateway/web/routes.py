@@ -3,6 +3,8 @@ statuses into messages and forms into RPCs."""
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -217,16 +219,29 @@ async def login_submit(
     p.set_cookie(
         response,
         LOGIN_COOKIE,
-        f"{started.login_attempt_id}|{factor}|{started.masked_phone_number}",
+        _login_cookie(started.login_attempt_id, factor, started.masked_phone_number),
         max_age=LOGIN_COOKIE_MAX_AGE,
         samesite="strict",
     )
     return response
 
 
+def _login_cookie(attempt_id: str, factor: str, masked_phone: str) -> str:
+    # Base64: the masked number may hold characters a cookie cannot carry as they are.
+    raw = json.dumps([attempt_id, factor, masked_phone]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
 def _login_attempt(p: Page) -> tuple[str, str, str] | None:
-    parts = p.request.cookies.get(LOGIN_COOKIE, "").split("|")
-    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and parts[0] else None
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(p.request.cookies.get(LOGIN_COOKIE, "")))
+    except ValueError:
+        return None
+    if not (
+        isinstance(parts, list) and len(parts) == 3 and all(isinstance(x, str) for x in parts) and parts[0]
+    ):
+        return None
+    return parts[0], parts[1], parts[2]
 
 
 @router.get("/login/code", response_class=HTMLResponse)
@@ -275,7 +290,7 @@ async def login_code_submit(
         p.set_cookie(
             response,
             LOGIN_COOKIE,
-            f"{attempt_id}|{next_factor}|",
+            _login_cookie(attempt_id, next_factor, ""),
             max_age=LOGIN_COOKIE_MAX_AGE,
             samesite="strict",
         )
