@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bench import billing_invoices, gateway_overhead, identity_login, matching_pick, notifications_delivery
+from bench import (
+    billing_invoices,
+    case_throughput,
+    gateway_overhead,
+    identity_login,
+    matching_pick,
+    notifications_delivery,
+)
 
 BENCHMARKS = {
     "gateway_overhead": gateway_overhead.run,
@@ -13,6 +20,7 @@ BENCHMARKS = {
     "matching_pick": matching_pick.run,
     "billing_invoices": billing_invoices.run,
     "notifications_delivery": notifications_delivery.run,
+    "case_throughput": case_throughput.run,
 }
 
 

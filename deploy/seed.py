@@ -104,10 +104,10 @@ async def seed_demo_data(keys_dir: Path, ports: dict[str, int]) -> str:
                 )
             )
             lines.append(f"  referent doctor {name} ({', '.join(areas)})")
-        for partner_name, kind in DEMO_PARTNERS:
+        for partner_name, partner_kind in DEMO_PARTNERS:
             await billing.CreatePartner(
                 billing_pb2.CreatePartnerRequest(
-                    idempotency_key=f"seed:partner:{partner_name}", name=partner_name, kind=kind
+                    idempotency_key=f"seed:partner:{partner_name}", name=partner_name, kind=partner_kind
                 )
             )
             lines.append(f"  partner {partner_name}")

@@ -4,6 +4,7 @@ matching and dossier services; one trace id spans all of it."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from deploy.seed import with_luhn_digit
 from services.shared.grpc_client import open_channel
 from tests.support.stack import Stack, platform_stack
 from tests.support.tracing import SPANS
-from workflows.case.models import CaseWorkflowResult, case_workflow_id
+from workflows.case.models import case_workflow_id
+from workflows.case.workflow import CaseWorkflow
+from workflows.temporal_client import with_data_converter
 
 
 async def seed_doctor_and_patient(stack: Stack) -> str:
@@ -67,16 +70,24 @@ async def test_one_trace_spans_gateway_services_and_workflow(tmp_path: Path, tem
             )
             assert response.status_code == 201, response.text
             case_id = response.json()["case_id"]
-            handle = temporal_client.get_workflow_handle(
-                case_workflow_id(case_id), result_type=CaseWorkflowResult
-            )
-            result = await handle.result()
-            assert result.candidate_doctor_count == 1
+            handle = temporal_client.get_workflow_handle(case_workflow_id(case_id))
+            # The workflow now runs the whole case: it lists the doctors of the area, opens
+            # the checkout (awaiting_payment) and waits there for terms, forms and payment.
+            status = ""
+            for _ in range(300):
+                case = await http.get(
+                    f"/api/v1/cases/{case_id}", headers={"Authorization": f"Bearer {session_token}"}
+                )
+                status = case.json()["status"]
+                if status == "awaiting_payment":
+                    break
+                await asyncio.sleep(0.05)
             # The case service heard from the workflow: the service starts only after payment.
-            case = await http.get(
-                f"/api/v1/cases/{case_id}", headers={"Authorization": f"Bearer {session_token}"}
-            )
-            assert case.json()["status"] == "awaiting_payment"
+            assert status == "awaiting_payment"
+            assert stack.temporal_settings is not None
+            sealed = with_data_converter(temporal_client, stack.temporal_settings)
+            view = await sealed.get_workflow_handle(case_workflow_id(case_id)).query(CaseWorkflow.state)
+            assert view.candidate_doctor_count == 1
             description = await handle.describe()
             attributes = {key: value for key, value in description.search_attributes.items()}
             assert attributes["CaseStatus"] == ["awaiting_payment"]

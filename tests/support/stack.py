@@ -69,6 +69,7 @@ class Stack:
     servers: dict[str, GrpcServer]
     gateway_url: str = ""
     temporal: Client | None = None
+    temporal_settings: TemporalSettings | None = None
     _identity_sessions: async_sessionmaker[AsyncSession] | None = field(default=None, repr=False)
 
     def target(self, service: str) -> str:
@@ -163,7 +164,9 @@ async def platform_stack(
             address=temporal.service_client.config.target_host if temporal else "127.0.0.1:1",
             namespace=temporal.namespace if temporal else "default",
             case_task_queue=task_queue,
+            payload_keys_dir=workdir / "keys" / "temporal-payload",
         )
+        stack.temporal_settings = temporal_settings
         if temporal is not None:
             worker_settings = WorkerSettings(
                 identity_target=stack.target("identity"),
