@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SERVICES := identity dossier matching billing notifications
-# Debian packages the tests use: Chromium for browser tests (Playwright drives it).
-DEBIAN_PACKAGES := chromium fonts-dejavu-core
+# Debian packages the tests use: Chromium (Playwright drives it), fonts embedded in
+# invoices, clamd (the tests start it with their own signature database).
+DEBIAN_PACKAGES := chromium fonts-dejavu-core clamav-daemon
 
 .PHONY: venv system-deps proto proto-check migrate run test lint format reqs outbox bench ci clean
 

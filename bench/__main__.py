@@ -8,6 +8,7 @@ import sys
 from bench import (
     billing_invoices,
     case_throughput,
+    dossier_transfer,
     gateway_overhead,
     identity_login,
     matching_pick,
@@ -21,6 +22,7 @@ BENCHMARKS = {
     "billing_invoices": billing_invoices.run,
     "notifications_delivery": notifications_delivery.run,
     "case_throughput": case_throughput.run,
+    "dossier_transfer": dossier_transfer.run,
 }
 
 

@@ -6,13 +6,13 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.dossier.catalog import therapeutic_area_codes
-from services.dossier.models import Case
-from services.shared.auth import Principal, Role
+from services.dossier.models import Assignment, Case, DoctorOpposition
 from services.shared.db import utcnow
-from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 MAX_CHOSEN_DOCTORS = 5  # CASE-13: one or several referent doctors, within reason.
 
@@ -82,8 +82,6 @@ ALLOWED_TRANSITIONS: dict[CaseStatus, frozenset[CaseStatus]] = {
     CaseStatus.CLOSED: frozenset(),
     CaseStatus.CANCELLED: frozenset(),
 }
-# Staff whose task needs every case (with the health-data habilitation: issue 5).
-CASE_STAFF = frozenset({Role.COORDINATOR})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +93,8 @@ class NewCase:
     doctor_choice_mode: DoctorChoiceMode
     beneficiary_id: str = ""
     chosen_doctor_ids: list[str] = field(default_factory=list)
+    # CASE-14: staff account that entered the request under the personal-assistant mandate.
+    entered_by_account_id: str = ""
 
 
 def _check_new_case(new: NewCase) -> None:
@@ -130,27 +130,11 @@ async def open_case(session: AsyncSession, new: NewCase) -> Case:
         status=CaseStatus.SUBMITTED.value,
         created_at=now,
         updated_at=now,
+        entered_under_mandate=bool(new.entered_by_account_id),
+        entered_by_account_id=new.entered_by_account_id,
     )
     session.add(case)
     await session.flush()
-    return case
-
-
-def may_read(principal: Principal, case: Case) -> bool:
-    if principal.is_service or principal.role in CASE_STAFF:
-        return True
-    if principal.role is Role.PATIENT:
-        return principal.subject == case.filer_account_id
-    if principal.role is Role.REFERENT_DOCTOR:
-        return principal.subject in case.assigned_doctor_ids
-    return False
-
-
-async def read_case(session: AsyncSession, case_id: str, principal: Principal) -> Case:
-    case = await session.get(Case, case_id) if case_id else None
-    # Same answer for "absent" and "not yours": ids reveal nothing.
-    if case is None or not may_read(principal, case):
-        raise NotFound("case not found")
     return case
 
 
@@ -167,3 +151,116 @@ async def change_status(session: AsyncSession, case_id: str, status: CaseStatus)
     case.updated_at = utcnow()
     await session.flush()
     return case
+
+
+class AssignmentEndReason(StrEnum):
+    COMPLETED = "completed"
+    REASSIGNED = "reassigned"
+    CASE_CANCELLED = "case_cancelled"
+    OPPOSED_BY_PATIENT = "opposed_by_patient"
+
+
+async def record_assignment(
+    session: AsyncSession, case: Case, assignment_id: str, doctor_id: str, doctor_account_id: str
+) -> Assignment:
+    """The workflow assigned a doctor: they gain access (DOC-02), unless the patient opposed them."""
+    if not assignment_id or not doctor_id or not doctor_account_id:
+        raise InvalidArgument("assignment_id, doctor_id and doctor_account_id are required")
+    if case.status in (CaseStatus.CLOSED, CaseStatus.CANCELLED):
+        raise FailedPrecondition("the case is closed")
+    opposed = await session.scalar(
+        select(DoctorOpposition.opposition_id).where(
+            DoctorOpposition.case_id == case.case_id, DoctorOpposition.doctor_id == doctor_id
+        )
+    )
+    if opposed:
+        raise FailedPrecondition("the patient opposed this doctor's access to the case")
+    existing = await session.get(Assignment, assignment_id)
+    if existing is not None:
+        if existing.case_id != case.case_id or existing.doctor_id != doctor_id:
+            raise AlreadyExists("assignment_id is already used for another case or doctor")
+        return existing
+    assignment = Assignment(
+        assignment_id=assignment_id,
+        case_id=case.case_id,
+        doctor_id=doctor_id,
+        doctor_account_id=doctor_account_id,
+        started_at=utcnow(),
+        ended_at=None,
+        end_reason="",
+    )
+    session.add(assignment)
+    if doctor_id not in case.assigned_doctor_ids:
+        case.assigned_doctor_ids = [*case.assigned_doctor_ids, doctor_id]
+    case.updated_at = utcnow()
+    await session.flush()
+    return assignment
+
+
+async def end_assignment(
+    session: AsyncSession, assignment: Assignment, case: Case, reason: AssignmentEndReason
+) -> Assignment:
+    """The doctor loses access at once."""
+    if assignment.ended_at is not None:
+        return assignment  # already ended (a retry, or an opposition came first)
+    assignment.ended_at = utcnow()
+    assignment.end_reason = reason.value
+    still_active = await session.scalar(
+        select(Assignment.assignment_id).where(
+            Assignment.case_id == case.case_id,
+            Assignment.doctor_id == assignment.doctor_id,
+            Assignment.ended_at.is_(None),
+            Assignment.assignment_id != assignment.assignment_id,
+        )
+    )
+    if not still_active:
+        case.assigned_doctor_ids = [d for d in case.assigned_doctor_ids if d != assignment.doctor_id]
+    case.updated_at = utcnow()
+    await session.flush()
+    return assignment
+
+
+async def oppose_doctor(
+    session: AsyncSession, case: Case, doctor_id: str, by_account_id: str
+) -> tuple[DoctorOpposition, Assignment | None]:
+    """DOC-03: the doctor's access ends now and no later assignment can restore it."""
+    if not doctor_id:
+        raise InvalidArgument("doctor_id is required")
+    opposition = await session.scalar(
+        select(DoctorOpposition).where(
+            DoctorOpposition.case_id == case.case_id, DoctorOpposition.doctor_id == doctor_id
+        )
+    )
+    if opposition is None:
+        opposition = DoctorOpposition(
+            opposition_id=str(uuid.uuid4()),
+            case_id=case.case_id,
+            doctor_id=doctor_id,
+            opposed_by_account_id=by_account_id,
+            opposed_at=utcnow(),
+        )
+        session.add(opposition)
+    ended: Assignment | None = None
+    active = (
+        await session.scalars(
+            select(Assignment).where(
+                Assignment.case_id == case.case_id,
+                Assignment.doctor_id == doctor_id,
+                Assignment.ended_at.is_(None),
+            )
+        )
+    ).all()
+    for assignment in active:
+        ended = await end_assignment(session, assignment, case, AssignmentEndReason.OPPOSED_BY_PATIENT)
+    await session.flush()
+    return opposition, ended
+
+
+async def list_assignments(session: AsyncSession, case_id: str) -> list[Assignment]:
+    return list(
+        (
+            await session.scalars(
+                select(Assignment).where(Assignment.case_id == case_id).order_by(Assignment.started_at)
+            )
+        ).all()
+    )

@@ -1,0 +1,118 @@
+"""Every access to a case goes through the gate: access rules, then the access log in the
+same transaction as the work, and a logged refusal when the rules say no."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from google.protobuf.message import Message
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.dossier.domain import accesslog
+from services.dossier.domain.access import AccessPolicy, AccessRefused, CaseAccess, Need, resolve
+from services.dossier.domain.accesslog import Action, ObjectKind, Purpose
+from services.dossier.models import IdempotencyRecord
+from services.shared.auth import Principal, Role
+from services.shared.idempotency import run_once
+
+log = logging.getLogger(__name__)
+
+# The purpose a refused caller could have claimed; partners and others have none.
+ATTEMPT_PURPOSE = {
+    Role.PATIENT: Purpose.OWN_SPACE,
+    Role.REFERENT_DOCTOR: Purpose.CASE_REVIEW,
+    Role.COORDINATOR: Purpose.COORDINATION,
+}
+
+
+class Gate:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], policy: AccessPolicy) -> None:
+        self.sessions = sessions
+        self.policy = policy
+
+    async def log_refusal(self, principal: Principal, refused: AccessRefused) -> None:
+        """A refused attempt on an existing case is evidence too (best effort: the caller
+        is refused whatever happens here)."""
+        if refused.case is None:
+            return
+        try:
+            async with self.sessions.begin() as session:
+                await accesslog.append(
+                    session,
+                    actor=principal,
+                    action=Action.REFUSED,
+                    object_kind=ObjectKind.CASE,
+                    object_id=refused.case.case_id,
+                    case=refused.case,
+                    purpose=ATTEMPT_PURPOSE.get(principal.role, Purpose.NONE_ESTABLISHED),
+                )
+        except Exception:
+            log.warning("refusal not logged", extra={"fields": {"case_id": refused.case.case_id}})
+        log.info(
+            "access refused",
+            extra={"fields": {"case_id": refused.case.case_id, "role": principal.role.value}},
+        )
+
+    @asynccontextmanager
+    async def case(
+        self, principal: Principal, case_id: str, need: Need
+    ) -> AsyncIterator[tuple[AsyncSession, CaseAccess]]:
+        """One transaction with the caller's access to the case; the body logs what it did.
+        The transaction commits (log included) before the caller returns any data."""
+        try:
+            async with self.sessions.begin() as session:
+                access = await resolve(session, self.policy, principal, case_id, need)
+                yield session, access
+        except AccessRefused as refused:
+            await self.log_refusal(principal, refused)
+            raise
+
+    async def check(self, principal: Principal, case_id: str, need: Need) -> None:
+        """Refuse early (before reading a stream, for instance); logs nothing on success."""
+        try:
+            async with self.sessions() as session:
+                await resolve(session, self.policy, principal, case_id, need)
+        except AccessRefused as refused:
+            await self.log_refusal(principal, refused)
+            raise
+
+    async def write(
+        self,
+        principal: Principal,
+        request: Message,
+        operation: str,
+        case_id: str,
+        need: Need,
+        action: Callable[[AsyncSession, CaseAccess], Awaitable[str]],
+    ) -> tuple[str, bool]:
+        """An idempotent write: access, the change and its log entry in one transaction."""
+
+        async def run(session: AsyncSession) -> str:
+            access = await resolve(session, self.policy, principal, case_id, need)
+            return await action(session, access)
+
+        # Access is checked on replays too: a retry never hands out what is no longer allowed.
+        await self.check(principal, case_id, need)
+        try:
+            return await run_once(
+                self.sessions, IdempotencyRecord, request, f"{operation}:{principal.subject}", run
+            )
+        except AccessRefused as refused:
+            await self.log_refusal(principal, refused)
+            raise
+
+
+async def record(
+    session: AsyncSession, access: CaseAccess, action: Action, kind: ObjectKind, object_id: str
+) -> None:
+    await accesslog.append(
+        session,
+        actor=access.principal,
+        action=action,
+        object_kind=kind,
+        object_id=object_id,
+        case=access.case,
+        purpose=access.purpose,
+    )
