@@ -87,6 +87,7 @@ async def build_context(settings: BillingSettings, wake: Callable[[], None]) -> 
         public_key=_CachedPublicKey(settings.psp_public_key_path),
         return_base_url=settings.psp_return_base_url,
         signature_digest=settings.psp_signature_digest,
+        direct_url=settings.psp_direct_url,
     )
     platform = Party(
         settings.platform_legal_name,

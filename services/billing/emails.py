@@ -30,6 +30,8 @@ ISSUER = "billing"
 TEMPLATES = {
     "payment_summary": (npb.NOTIFICATION_TEMPLATE_PAYMENT_SUMMARY, "/account/orders"),
     "invoice_available": (npb.NOTIFICATION_TEMPLATE_INVOICE_AVAILABLE, "/account/invoices"),
+    # A refund after a cancelled case (domain/refunds.py): the amount refunded.
+    "case_cancelled": (npb.NOTIFICATION_TEMPLATE_CASE_CANCELLED, "/account/orders"),
 }
 
 

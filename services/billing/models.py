@@ -119,6 +119,8 @@ class PaymentAttempt(Base):
     currency: Mapped[str] = mapped_column(String(3))
     locale: Mapped[str] = mapped_column(String(8))
     psp_transaction_id: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)
+    # NUMAPPEL: with the transaction id, names the capture in a refund (Paybox Direct).
+    psp_call_number: Mapped[str] = mapped_column(String(40), default="")
     psp_authorization: Mapped[str] = mapped_column(String(20), default="")
     psp_error_code: Mapped[str] = mapped_column(String(10), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
@@ -284,3 +286,33 @@ class OutboxEmail(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     notification_id: Mapped[str] = mapped_column(String(36), default="")
+
+
+class Refund(Base):
+    """A refund of (part of) a captured payment, or the cancellation of a covered order
+    (amount 0, no PSP). Reserved (pending) before the PSP is asked, so a crash or a
+    duplicate request never refunds twice; PSP fields are payment data (RET-05)."""
+
+    __tablename__ = "refunds"
+
+    refund_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.order_id"), index=True)
+    # The caller's idempotency key: one refund per key, even under concurrent requests.
+    request_key: Mapped[str] = mapped_column(String(200), unique=True)
+    payment_attempt_id: Mapped[str] = mapped_column(String(36), default="")
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(String(48))
+    status: Mapped[str] = mapped_column(String(16))
+    # Paybox Direct NUMQUESTION and DATEQ: a re-sent request is the same question.
+    psp_question_number: Mapped[int] = mapped_column(Integer, default=0)
+    psp_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    psp_transaction_id: Mapped[str] = mapped_column(String(40), default="")
+    psp_call_number: Mapped[str] = mapped_column(String(40), default="")
+    psp_authorization: Mapped[str] = mapped_column(String(20), default="")
+    psp_error_code: Mapped[str] = mapped_column(String(10), default="")
+    # Whoever holds the claim until then talks to the PSP; others wait or resume after.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    credit_note_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.billing import convert as cv
+from services.billing import refund_rpc
 from services.billing.domain import (
     coverage,
     invoices,
@@ -296,6 +297,11 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             return pb.GetPaymentStatusResponse(
                 payment_attempt=cv.attempt_to_pb(attempt), order_status=cv.order_to_pb(order).status
             )
+
+    async def RefundPayment(self, request: pb.RefundPaymentRequest, context: Any) -> pb.RefundPaymentResponse:
+        return await refund_rpc.refund_payment(
+            self._sessions, self._ctx.psp, self._ctx.archive, self._ctx.wake_outbox, request
+        )
 
     # --- mandates --------------------------------------------------------------------------
 

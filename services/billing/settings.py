@@ -40,6 +40,9 @@ class BillingSettings(ServiceSettings):
     psp_signature_digest: str = Field(default="sha1", pattern="^(sha1|sha256|sha512)$")
     # Where the PSP sends the browser back and its server-to-server notification (gateway).
     psp_return_base_url: str = "http://127.0.0.1:8000/api/payments/psp"
+    # Paybox Direct endpoint for server-to-server refunds (TYPE 00014), HMAC-signed with
+    # the same key. Empty: /PPPS.php beside psp_payment_url (the sandbox serves it).
+    psp_direct_url: str = ""
     # Port of the local sandbox PSP (`python -m services.billing.psp.sandbox`, dev stack).
     psp_sandbox_port: int = Field(default=50057, ge=0, le=65535)
     # A payment attempt without an answer is abandoned after this long.

@@ -90,7 +90,9 @@ class Billing(billing_pb2_grpc.BillingServiceServicer):
 
     async def RefundPayment(self, request: Any, context: Any) -> Any:
         _remember("RefundPayment", request, context)
-        return billing_pb2.RefundPaymentResponse(refund=billing_pb2.Refund(refund_id="r-1"))
+        return billing_pb2.RefundPaymentResponse(
+            refund=billing_pb2.Refund(refund_id="r-1", status=billing_pb2.REFUND_STATUS_COMPLETED)
+        )
 
 
 class Identity(identity_pb2_grpc.IdentityServiceServicer):

@@ -352,9 +352,11 @@ class CaseActivities:
                 billing_pb2.GetPaymentStatusRequest(order_id=data.order_id), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return RefundOutcome(refunded=False)
-            raise as_activity_error(error) from error
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise as_activity_error(error) from error
+            # No card payment: a partner-covered order is cancelled so it is never invoiced.
+            await self._cancel_if_covered(data)
+            return RefundOutcome(refunded=False)
         if status.order_status in (billing_pb2.ORDER_STATUS_REFUNDED,):
             return RefundOutcome(refunded=True)
         if status.order_status != billing_pb2.ORDER_STATUS_PAID:
@@ -369,7 +371,24 @@ class CaseActivities:
                 reason=billing_pb2.REFUND_REASON_CASE_CANCELLED_BEFORE_DELIVERY,
             ),
         )
+        if refund.refund.status != billing_pb2.REFUND_STATUS_COMPLETED:
+            raise ApplicationError("the refund did not complete", type="RefundNotCompleted")
         return RefundOutcome(refunded=True, refund_id=refund.refund.refund_id)
+
+    async def _cancel_if_covered(self, data: RefundInput) -> None:
+        order = await self._call(self._billing.GetOrder, billing_pb2.GetOrderRequest(order_id=data.order_id))
+        if order.order.status != billing_pb2.ORDER_STATUS_COVERED:
+            return
+        await self._call(
+            self._billing.RefundPayment,
+            billing_pb2.RefundPaymentRequest(
+                idempotency_key=data.idempotency_key,
+                order_id=data.order_id,
+                amount_cents=0,
+                currency=order.order.currency,
+                reason=billing_pb2.REFUND_REASON_CASE_CANCELLED_BEFORE_DELIVERY,
+            ),
+        )
 
     @activity.defn
     async def issue_invoices(self, data: IssueInvoicesInput) -> None:

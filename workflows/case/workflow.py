@@ -713,7 +713,9 @@ class CaseWorkflow:
             except ActivityError:
                 failures.append(compensation.value)
         try:
-            await self._notify(Template.CASE_CANCELLED, self._patient, "cancelled")
+            # Billing tells a refunded patient the amount itself (one email, not two).
+            if not (state.refunded and workflow.patched("billing-sends-refund-email")):
+                await self._notify(Template.CASE_CANCELLED, self._patient, "cancelled")
             if failures:
                 await self._notify(
                     Template.COORDINATOR_ESCALATION,

@@ -139,6 +139,7 @@ async def handle_notification(
             .values(
                 status=PaymentStatus.CAPTURED.value,
                 psp_transaction_id=message.transaction_id,
+                psp_call_number=message.call_number,
                 psp_authorization=message.authorization,
                 psp_error_code=message.error_code,
                 captured_at=now,

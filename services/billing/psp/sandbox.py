@@ -6,6 +6,11 @@ PBX_ANNULE) and server to server (PBX_REPONDRE_A). Its key pair is generated at 
 the public key is served at /pubkey.pem and written where the billing service reads it.
 Card numbers are only compared with the test cards, never kept or logged.
 
+It also answers Paybox Direct refunds (TYPE 00014 at /PPPS.php): the HMAC-SHA512 is
+checked, the capture is found by NUMAPPEL and NUMTRANS, the amount may not exceed what
+is left of it, and a NUMQUESTION already answered today gets the same answer again
+(a different request under a used number is refused with 00005).
+
 Test cards: 1111 2222 3333 4444 succeeds, 4000 0000 0000 0002 is refused (00105),
 4000 0000 0000 0259 abandons (00030); the page's Cancel button abandons too.
 """
@@ -23,7 +28,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -34,7 +39,15 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from services.billing.psp.keys import generate_rsa_key, public_pem
-from services.billing.psp.paybox import ERROR_ABANDONED, ERROR_SUCCESS, hash_algorithm, hmac_signature
+from services.billing.psp.paybox import (
+    DIRECT_PATH,
+    DIRECT_TYPE_REFUND,
+    DIRECT_VERSION,
+    ERROR_ABANDONED,
+    ERROR_SUCCESS,
+    hash_algorithm,
+    hmac_signature,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +56,26 @@ REFUSED_CARD = "4000000000000002"
 ABANDON_CARD = "4000000000000259"
 ERROR_REFUSED = "00105"
 ERROR_BAD_REQUEST = "00004"
+# Paybox Direct answer codes used by the sandbox.
+DIRECT_COHERENCE_ERROR = "00002"
+DIRECT_QUESTION_REUSED = "00005"
+DIRECT_ACCESS_REFUSED = "00006"
+DIRECT_WRONG_AMOUNT = "00011"
+DIRECT_REQUIRED = (
+    "VERSION",
+    "TYPE",
+    "SITE",
+    "RANG",
+    "NUMQUESTION",
+    "MONTANT",
+    "DEVISE",
+    "REFERENCE",
+    "NUMAPPEL",
+    "NUMTRANS",
+    "DATEQ",
+    "HASH",
+    "HMAC",
+)
 REQUIRED = (
     "PBX_SITE",
     "PBX_RANG",
@@ -66,6 +99,15 @@ class SandboxState:
     # Server-to-server notifications sent: (url, status code or -1).
     deliveries: list[tuple[str, int]] = field(default_factory=list)
     transaction_numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(60_000_000))
+    call_numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(70_000_000))
+    # Captured transactions: NUMTRANS -> [NUMAPPEL, amount captured, amount refunded].
+    captures: dict[str, list[Any]] = field(default_factory=dict)
+    # Paybox Direct questions answered: (site, rank, day, NUMQUESTION) -> (request, answer).
+    questions: dict[tuple[str, str, str, str], tuple[str, str]] = field(default_factory=dict)
+    # Paybox Direct requests received, by the NUMTRANS they name (answered or not).
+    direct_requests: list[str] = field(default_factory=list)
+    # Refunds actually made: (NUMTRANS, amount) in order.
+    refunds: list[tuple[str, int]] = field(default_factory=list)
 
     def sign(self, data: str) -> str:
         signature = self.private_key.sign(data.encode(), padding.PKCS1v15(), hash_algorithm(self.digest))
@@ -73,12 +115,16 @@ class SandboxState:
 
     def answer(self, fields: dict[str, str], error: str) -> str:
         transaction = str(next(self.transaction_numbers)) if error != ERROR_ABANDONED else ""
+        call = str(next(self.call_numbers)) if transaction else ""
+        if error == ERROR_SUCCESS:
+            self.captures[transaction] = [call, int(fields["PBX_TOTAL"]), 0]
         values = {
             "M": fields["PBX_TOTAL"],
             "R": fields["PBX_CMD"],
             "A": f"{secrets.randbelow(10**6):06d}" if error == ERROR_SUCCESS else "",
             "E": error,
             "S": transaction,
+            "T": call,
         }
         parts = []
         for item in fields["PBX_RETOUR"].split(";"):
@@ -88,6 +134,60 @@ class SandboxState:
             parts.append(f"{name}={quote(values.get(code, ''), safe='')}")
         data = "&".join(parts)
         return f"{data}&Sign={self.sign(data)}"
+
+
+def direct_refund(state: SandboxState, pairs: list[tuple[str, str]]) -> str:
+    """Answers one Paybox Direct refund question (form-encoded, like the real PSP)."""
+    fields = dict(pairs)
+    state.direct_requests.append(fields.get("NUMTRANS", ""))
+    answer = {
+        "NUMTRANS": "",
+        "NUMAPPEL": "",
+        "NUMQUESTION": fields.get("NUMQUESTION", ""),
+        "SITE": fields.get("SITE", ""),
+        "RANG": fields.get("RANG", ""),
+        "AUTORISATION": "",
+        "CODEREPONSE": "",
+        "COMMENTAIRE": "",
+    }
+
+    def reply(code: str, comment: str) -> str:
+        answer["CODEREPONSE"], answer["COMMENTAIRE"] = code, comment
+        return urlencode(answer)
+
+    if any(name not in fields for name in DIRECT_REQUIRED):
+        return reply(ERROR_BAD_REQUEST, "missing field")
+    signed = [(k, v) for k, v in pairs if k != "HMAC"]
+    expected = hmac_signature(state.hmac_key, signed)
+    if fields["HASH"] != "SHA512" or not hmac.compare_digest(expected, fields["HMAC"].upper()):
+        return reply(DIRECT_ACCESS_REFUSED, "invalid HMAC")
+    if fields["VERSION"] != DIRECT_VERSION or fields["TYPE"] != DIRECT_TYPE_REFUND:
+        return reply(DIRECT_COHERENCE_ERROR, "unsupported question")
+    request_text = urlencode(signed)
+    day = fields["DATEQ"][:8]
+    key = (fields["SITE"], fields["RANG"], day, fields["NUMQUESTION"])
+    previous = state.questions.get(key)
+    if previous is not None:
+        if previous[0] == request_text:
+            return previous[1]
+        return reply(DIRECT_QUESTION_REUSED, "question number already used")
+    capture = state.captures.get(fields["NUMTRANS"])
+    if not fields["MONTANT"].isdigit() or fields["DEVISE"] != "978":
+        text = reply(DIRECT_WRONG_AMOUNT, "invalid amount or currency")
+    elif capture is None or capture[0] != fields["NUMAPPEL"]:
+        text = reply(DIRECT_COHERENCE_ERROR, "unknown transaction")
+    elif not 0 < int(fields["MONTANT"]) <= capture[1] - capture[2]:
+        text = reply(DIRECT_WRONG_AMOUNT, "amount above what is left to refund")
+    else:
+        amount = int(fields["MONTANT"])
+        capture[2] += amount
+        state.refunds.append((fields["NUMTRANS"], amount))
+        answer["NUMTRANS"] = str(next(state.transaction_numbers))
+        answer["NUMAPPEL"] = str(next(state.call_numbers))
+        answer["AUTORISATION"] = "XXXXXX"
+        text = reply(ERROR_SUCCESS, "refund accepted")
+    state.questions[key] = (request_text, text)
+    return text
 
 
 def _page(token: str, fields: dict[str, str]) -> str:
@@ -158,6 +258,11 @@ def create_sandbox_app(
         form = await request.form()
         return await finish(str(form.get("token", "")), ERROR_ABANDONED)
 
+    async def direct(request: Request) -> Response:
+        body = (await request.body()).decode("ascii", errors="replace")
+        pairs = parse_qsl(body, keep_blank_values=True)
+        return PlainTextResponse(direct_refund(state, pairs))
+
     async def pubkey(request: Request) -> Response:
         return Response(public_pem(state.private_key), media_type="application/x-pem-file")
 
@@ -172,6 +277,7 @@ def create_sandbox_app(
             Route("/pay", pay, methods=["POST"]),
             Route("/cancel", cancel, methods=["POST"]),
             Route("/pubkey.pem", pubkey, methods=["GET"]),
+            Route(DIRECT_PATH, direct, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

@@ -1,0 +1,1 @@
+"""Data lifecycle workflows (issue 10): retention clocks, archive, purge, rights requests."""

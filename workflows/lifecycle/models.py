@@ -1,0 +1,215 @@
+"""Typed inputs and outputs of the lifecycle workflows and activities (ids, codes, dates
+and counts only: no personal data enters Temporal's history)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class RetentionPolicy(BaseModel):
+    # While a legal hold is in force, the workflow re-reads the subject this often (a
+    # `poke` signal from the hold's release wakes it sooner).
+    hold_recheck_days: int = Field(default=30, ge=1)
+
+
+class RetentionInput(BaseModel):
+    subject_id: str
+    # The stage this run starts in; ARCHIVED runs carry the archive time of their own clock.
+    stage: str = "ACTIVE"
+    archived_at: datetime | None = None
+    policy: RetentionPolicy = RetentionPolicy()
+
+
+class SubjectIdInput(BaseModel):
+    subject_id: str
+
+
+class SubjectStatus(BaseModel):
+    exists: bool
+    kind: str = ""
+    stage: str = ""
+    clock_started_at: datetime | None = None
+    archived_at: datetime | None = None
+    legal_hold: bool = False
+    restricted: bool = False
+    converted: bool = False
+
+
+class ActivityInput(BaseModel):
+    occurred_at: datetime
+
+
+class RecordActivityInput(BaseModel):
+    subject_id: str
+    occurred_at: datetime
+    idempotency_key: str
+
+
+class StepInput(BaseModel):
+    subject_id: str
+    kind: str
+    # ARCHIVE / PURGE / RESTRICT / LIFT_RESTRICTION
+    step: str
+    reason: str
+    idempotency_key: str
+    rights_request_id: str = ""
+
+
+class RetainedItem(BaseModel):
+    service: str
+    category: str
+    count: int
+    legal_basis: str
+    retained_until: datetime | None = None
+
+
+class StepReport(BaseModel):
+    """What one archive, restriction or purge did in every service (counts only)."""
+
+    subject_id: str
+    step: str
+    done_at: datetime | None = None
+    items: dict[str, dict[str, int]] = {}
+    retained: list[RetainedItem] = []
+    keys_destroyed: list[str] = []
+    # Services that answered UNIMPLEMENTED: they hold nothing for this step yet.
+    not_implemented: list[str] = []
+
+
+class RetentionView(BaseModel):
+    subject_id: str
+    stage: str
+    category: str = ""
+    due_at: datetime | None = None
+    held: bool = False
+    now: datetime | None = None
+    archive_report: StepReport | None = None
+
+
+class RetentionResult(BaseModel):
+    subject_id: str
+    outcome: str  # PURGED / GONE / CONVERTED
+    purge_report: StepReport | None = None
+
+
+class RightsRequestInput(BaseModel):
+    request_id: str
+    # Reminders to the DPO this many days before the deadline, then at the deadline.
+    reminder_days: list[int] = [7, 1]
+    # After the deadline passes unanswered, a reminder every this many days.
+    overdue_reminder_days: int = Field(default=7, ge=1)
+
+
+class RequestFacts(BaseModel):
+    request_id: str
+    subject_id: str
+    kind: str
+    status: str
+    received_at: datetime
+    due_at: datetime
+    extension_months: int = 0
+    outcome: str = ""
+
+
+class ExtendInput(BaseModel):
+    reason: str  # COMPLEXITY / NUMBER_OF_REQUESTS
+    months: int
+
+
+class ExtendCallInput(BaseModel):
+    request_id: str
+    reason: str
+    months: int
+    idempotency_key: str
+
+
+class AnswerInput(BaseModel):
+    outcome: str  # GRANTED / PARTIALLY_GRANTED_RESTRICTED / REFUSED / IDENTITY_NOT_VERIFIED
+    answer_document_id: str = ""
+
+
+class AnswerCallInput(BaseModel):
+    request_id: str
+    outcome: str
+    answer_document_id: str
+    idempotency_key: str
+
+
+class NotifyInput(BaseModel):
+    request_id: str
+    # PERSON_EXTENDED / DPO_REMINDER
+    kind: str
+    subject_id: str
+    date: datetime
+    idempotency_key: str
+
+
+class ExportInput(BaseModel):
+    request_id: str
+    subject_id: str
+
+
+class ExportResult(BaseModel):
+    """Where the export archive was written; the content never enters the history."""
+
+    object_key: str
+    sha256_hex: str
+    resource_count: int
+    resource_types: dict[str, int] = {}
+    not_implemented: list[str] = []
+
+
+class FulfilResult(BaseModel):
+    kind: str
+    outcome: str
+    export: ExportResult | None = None
+    report: StepReport | None = None
+
+
+class RightsRequestView(BaseModel):
+    request_id: str
+    status: str
+    due_at: datetime
+    extension_months: int
+    reminders_sent: list[str] = []
+    extension_notices: int = 0
+    outcome: str = ""
+    fulfilment: FulfilResult | None = None
+    now: datetime | None = None
+
+
+class SweepInput(BaseModel):
+    # The schedule's time; None: the workflow's own clock.
+    as_of: datetime | None = None
+    categories: list[str] = [
+        "PROSPECT",
+        "ACCOUNT_ACTIVE",
+        "ACCOUNT_ARCHIVED",
+        "RIGHTS_REQUESTS_ACTIVE",
+        "RIGHTS_REQUESTS_ARCHIVED",
+    ]
+
+
+class AgePurgeInput(BaseModel):
+    as_of: datetime
+    idempotency_key: str
+
+
+class DueSweepInput(BaseModel):
+    category: str
+    as_of: datetime
+
+
+class DueSweepResult(BaseModel):
+    category: str
+    listed: int = 0
+    # Retention workflows started or found running for the listed subjects.
+    ensured: int = 0
+
+
+class SweepResult(BaseModel):
+    as_of: datetime
+    age_purges: StepReport
+    due: list[DueSweepResult] = []
