@@ -18,6 +18,7 @@ from services.dossier.domain.crypto import Keyring
 from services.dossier.domain.documents import DocumentVault
 from services.dossier.domain.gate import Gate
 from services.dossier.domain.scan import ClamdScanner, MalwareScanner
+from services.dossier.domain.subjectkeys import SubjectKeys
 from services.dossier.servicer import DossierServicer
 from services.dossier.settings import DossierSettings
 from services.shared.grpc_server import GrpcServer, ServiceRegistration
@@ -83,7 +84,7 @@ async def running(
     vaults: list[DocumentVault] = []
 
     def registrations(sessions: async_sessionmaker[AsyncSession]) -> list[ServiceRegistration]:
-        gate = Gate(sessions, access_policy(settings))
+        gate = Gate(sessions, access_policy(settings), SubjectKeys(sessions, keyring))
         vault = DocumentVault(
             gate,
             object_store,
@@ -94,8 +95,7 @@ async def running(
             chunk_bytes=settings.encryption_chunk_bytes,
         )
         vaults.append(vault)
-        # RPCs of later issues (export, archive, restrict, purge) answer UNIMPLEMENTED.
-        servicer = DossierServicer(gate, vault, keyring, settings)  # type: ignore[abstract]
+        servicer = DossierServicer(gate, vault, keyring, settings)
         return [ServiceRegistration(SERVICE_NAME, pb_grpc.add_DossierServiceServicer_to_server, servicer)]
 
     async with serving("dossier", settings, auth or InternalAuthSettings(), registrations) as server:

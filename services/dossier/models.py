@@ -41,6 +41,20 @@ class Case(Base):
     entered_by_account_id: Mapped[str] = mapped_column(String(36), default="")
     # Review deadline as the case workflow set or extended it.
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Non-guessable reference shown to people and partners ("SO-7K3M-Q9TX").
+    case_reference: Mapped[str] = mapped_column(String(20), unique=True)
+    # Referent doctors asked (1, or more for a collegial opinion, CASE-13).
+    requested_doctor_count: Mapped[int] = mapped_column(Integer, default=1)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # CASE-16: the treating physician's contact, sealed (name, RPPS, MSSante address).
+    treating_physician_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    treating_physician_recorded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # CNS-08: the patient objected to sending the report to the treating physician.
+    report_sharing_opposed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # RET-02 / RET-07: out of day-to-day reach once archived; only the archive-read path sees it.
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    # GDPR-04: processing restricted (kept, readable by the person, nothing else).
+    restricted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Assignment(Base):
@@ -148,6 +162,10 @@ class Document(Base):
     master_key_version: Mapped[int] = mapped_column(Integer)
     scan_signature: Mapped[str] = mapped_column(String(200), default="")
     scanned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Subject whose key wraps the data key (crypto-shredding); empty: wrapped by the master key.
+    subject_key_id: Mapped[str] = mapped_column(String(36), default="")
+    # Account-level proofs (no case) are archived with their owner.
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class CaseNotes(Base):
@@ -226,6 +244,56 @@ class Report(Base):
     seal_sha256_hex: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SubjectKey(Base):
+    """A subject's data key (wrapped by the master key); it wraps the keys of the subject's
+    new data. Deleting the row at purge time is the crypto-shredding."""
+
+    __tablename__ = "subject_keys"
+
+    subject_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    master_key_id: Mapped[str] = mapped_column(String(64))
+    master_key_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SubjectPurge(Base):
+    """What a purge removed and kept (the answer given again on a retry); objects still
+    to delete when the store was unreachable at purge time."""
+
+    __tablename__ = "subject_purges"
+
+    subject_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    purged_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    rights_request_id: Mapped[str] = mapped_column(String(64), default="")
+    report: Mapped[dict[str, object]] = mapped_column(JSON)
+    pending_object_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class ReportShare(Base):
+    """A sealed report sent to the treating physician (CASE-16), once per report."""
+
+    __tablename__ = "report_shares"
+
+    report_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(36), index=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    channel_message_id: Mapped[str] = mapped_column(String(200))
+    package_sha256_hex: Mapped[str] = mapped_column(String(64))
+    shared_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SecureMessageOutbox(Base):
+    """Development secure health-messaging channel: the package it 'sent', sealed."""
+
+    __tablename__ = "secure_message_outbox"
+
+    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(36), index=True)
+    package_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class IdempotencyRecord(IdempotencyRecordMixin, Base):

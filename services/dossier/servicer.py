@@ -4,8 +4,10 @@ translation, and the domain. Access rules and the access log live in `domain/`."
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -15,16 +17,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.dossier import models
-from services.dossier.domain import accesslog, exchanges, forms, reports
-from services.dossier.domain.access import AccessRefused, CaseAccess, Need, resolve
+from services.dossier.domain import accesslog, exchanges, forms, lifecycle, reports, sharing
+from services.dossier.domain.access import AccessRefused, CaseAccess, Need
 from services.dossier.domain.accesslog import Action, ObjectKind, Purpose
 from services.dossier.domain.cases import (
+    AT_RISK_STATUSES,
     AssignmentEndReason,
     CasePurpose,
     CaseStatus,
     DoctorChoiceMode,
     FilingCapacity,
     NewCase,
+    at_risk_before,
     change_status,
     end_assignment,
     list_assignments,
@@ -42,15 +46,18 @@ from services.dossier.domain.documents import (
     UploadRequest,
 )
 from services.dossier.domain.filetypes import ContentType, sanitise_file_name
-from services.dossier.domain.gate import Gate, record
+from services.dossier.domain.gate import Gate, ProcessingRestricted, record
+from services.dossier.domain.sharing import DevelopmentSecureMessaging, SecureHealthMessaging
 from services.dossier.settings import DossierSettings
 from services.shared.auth import Principal, Role
 from services.shared.db import utcnow
-from services.shared.errors import InvalidArgument, NotFound, PermissionDenied
+from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.shared.grpc_server import require_principal
+from services.shared.idempotency import check_key, run_once
 from services.shared.protoconv import from_pb_enum, to_pb_enum, to_timestamp
 
 E = TypeVar("E")
+log = logging.getLogger(__name__)
 
 
 class DeadlineChangeReason(StrEnum):
@@ -120,6 +127,21 @@ def case_to_pb(case: models.Case) -> pb.Case:
         updated_at=to_timestamp(case.updated_at),
         entered_under_mandate=case.entered_under_mandate,
         deadline_at=_ts(case.deadline_at),
+        case_reference=case.case_reference,
+        requested_doctor_count=case.requested_doctor_count,
+        submitted_at=_ts(case.submitted_at),
+        has_treating_physician=case.treating_physician_sealed is not None,
+        report_sharing_opposed_at=_ts(case.report_sharing_opposed_at),
+        processing_restricted=case.restricted_at is not None,
+    )
+
+
+def physician_to_pb(contact: sharing.TreatingPhysician) -> pb.TreatingPhysician:
+    return pb.TreatingPhysician(
+        display_name=contact.display_name,
+        rpps_number=contact.rpps_number,
+        secure_messaging_address=contact.secure_messaging_address,
+        recorded_at=to_timestamp(contact.recorded_at),
     )
 
 
@@ -227,16 +249,24 @@ def log_entry_to_pb(row: models.AccessLogEntry) -> pb.AccessLogEntry:
 
 
 class DossierServicer(pb_grpc.DossierServiceServicer):
-    def __init__(self, gate: Gate, vault: DocumentVault, keyring: Keyring, settings: DossierSettings) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        vault: DocumentVault,
+        keyring: Keyring,
+        settings: DossierSettings,
+        messaging: SecureHealthMessaging | None = None,
+    ) -> None:
         self._gate = gate
         self._sessions = gate.sessions
         self._vault = vault
         self._keyring = keyring
         self._settings = settings
+        self._messaging = messaging or DevelopmentSecureMessaging()
 
     async def _read_case(self, session: AsyncSession, principal: Principal, case_id: str) -> models.Case:
         """A case for a response right after the caller's own logged write."""
-        return (await resolve(session, self._gate.policy, principal, case_id, Need.READ)).case
+        return (await self._gate.resolve(session, principal, case_id, Need.READ)).case
 
     # --- cases ------------------------------------------------------------------------------
     async def CreateCase(self, request: pb.CreateCaseRequest, context: Any) -> pb.CreateCaseResponse:
@@ -271,6 +301,7 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
             beneficiary_id=request.beneficiary_id,
             chosen_doctor_ids=list(request.chosen_doctor_ids),
             entered_by_account_id=entered_by,
+            requested_doctor_count=request.requested_doctor_count,
         )
 
         async def create(session: AsyncSession) -> str:
@@ -281,12 +312,11 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
             )  # fmt: skip
             return case.case_id
 
-        from services.shared.idempotency import run_once
-
         # The key is scoped to the caller so two people can never collide on a key.
         case_id, _ = await run_once(
             self._sessions, models.IdempotencyRecord, request, f"CreateCase:{principal.subject}", create
         )
+        await self._gate.keys.ensure(filer)  # the subject's key, before any of their data
         async with self._sessions() as session:
             return pb.CreateCaseResponse(case=case_to_pb(await self._read_case(session, principal, case_id)))
 
@@ -301,7 +331,8 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         principal = require_principal()
         scope = request.scope
         limit, offset = _page(request.page_size), _offset(request.page_token)
-        query = select(models.Case)
+        query = select(models.Case).where(models.Case.archived_at.is_(None))
+        order: Any = (models.Case.created_at.desc(), models.Case.case_id)
         if scope == pb.CASE_LIST_SCOPE_MINE and principal.role is Role.PATIENT:
             query = query.where(models.Case.filer_account_id == principal.subject)
         elif scope == pb.CASE_LIST_SCOPE_ASSIGNED_TO_ME and principal.role is Role.REFERENT_DOCTOR:
@@ -315,6 +346,14 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
             )
         elif scope == pb.CASE_LIST_SCOPE_ESCALATED and self._gate.policy.health_data_habilitated(principal):
             query = query.where(models.Case.status == CaseStatus.ESCALATED.value)
+        elif scope == pb.CASE_LIST_SCOPE_AT_RISK and self._gate.policy.health_data_habilitated(principal):
+            within = request.at_risk_within.ToTimedelta() if request.HasField("at_risk_within") else None
+            query = query.where(
+                models.Case.status.in_(AT_RISK_STATUSES),
+                models.Case.deadline_at.is_not(None),
+                models.Case.deadline_at <= at_risk_before(utcnow(), within),
+            )
+            order = (models.Case.deadline_at, models.Case.case_id)  # nearest deadline first
         elif scope == pb.CASE_LIST_SCOPE_UNSPECIFIED:
             raise InvalidArgument("scope is required")
         else:
@@ -322,23 +361,51 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         statuses = [from_pb_enum(pb.CaseStatus, CaseStatus, s) for s in request.statuses]
         if statuses:
             query = query.where(models.Case.status.in_([s.value for s in statuses if s is not None]))
-        query = (
-            query.order_by(models.Case.created_at.desc(), models.Case.case_id).offset(offset).limit(limit + 1)
-        )
+        query = query.order_by(*order).offset(offset).limit(limit + 1)
         async with self._sessions.begin() as session:
             rows = list((await session.scalars(query)).all())
             visible: list[models.Case] = []
             for case in rows[:limit]:
                 try:
-                    access = await resolve(session, self._gate.policy, principal, case.case_id, Need.READ)
-                except AccessRefused:
-                    continue  # an opposed doctor, for instance
+                    access = await self._gate.resolve(session, principal, case.case_id, Need.READ)
+                except (AccessRefused, ProcessingRestricted):
+                    continue  # an opposed doctor, a restricted file, for instance
                 await record(session, access, Action.READ, ObjectKind.CASE, case.case_id)
                 visible.append(case)
         return pb.ListCasesResponse(
             cases=[case_to_pb(c) for c in visible],
             next_page_token=str(offset + limit) if len(rows) > limit else "",
         )
+
+    async def SubmitCase(self, request: pb.SubmitCaseRequest, context: Any) -> pb.SubmitCaseResponse:
+        """The filer confirms the request: both forms must have a submitted version. A case
+        created submitted (the default) stays as it is; one past submission is returned."""
+        principal = require_principal()
+
+        async def run(session: AsyncSession, access: CaseAccess) -> str:
+            case = access.case
+            if case.status in (CaseStatus.DRAFT, CaseStatus.SUBMITTED):
+                for kind in forms.FormKind:
+                    submitted = [
+                        v
+                        for v in await forms.list_versions(session, case.case_id, kind)
+                        if v.status == forms.FormStatus.SUBMITTED
+                    ]
+                    if not submitted:
+                        raise FailedPrecondition(
+                            f"the {kind.value} form must be completed and submitted first"
+                        )
+            if case.status == CaseStatus.DRAFT:
+                await change_status(session, case.case_id, CaseStatus.SUBMITTED)
+                case.submitted_at = utcnow()
+            await record(session, access, Action.UPDATE, ObjectKind.CASE, case.case_id)
+            return case.case_id
+
+        await self._gate.write(principal, request, "SubmitCase", request.case_id, Need.FILL_IN, run)
+        async with self._sessions() as session:
+            return pb.SubmitCaseResponse(
+                case=case_to_pb(await self._read_case(session, principal, request.case_id))
+            )
 
     async def UpdateCaseStatus(
         self, request: pb.UpdateCaseStatusRequest, context: Any
@@ -376,6 +443,95 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
             return pb.SetCaseDeadlineResponse(
                 case=case_to_pb(await self._read_case(session, principal, request.case_id))
             )
+
+    # --- treating physician (CASE-16, CNS-08) ---------------------------------------------------
+    async def SetTreatingPhysician(
+        self, request: pb.SetTreatingPhysicianRequest, context: Any
+    ) -> pb.SetTreatingPhysicianResponse:
+        principal = require_principal()
+        if principal.role not in (Role.PATIENT, Role.COORDINATOR):
+            raise PermissionDenied("the patient (or their representative) gives the treating physician")
+        sharing.check_contact(request.display_name, request.rpps_number, request.secure_messaging_address)
+
+        async def run(session: AsyncSession, access: CaseAccess) -> str:
+            sharing.set_contact(
+                self._keyring,
+                access,
+                request.display_name,
+                request.rpps_number,
+                request.secure_messaging_address,
+            )
+            await record(session, access, Action.UPDATE, ObjectKind.CASE, access.case.case_id)
+            return access.case.case_id
+
+        await self._gate.write(principal, request, "SetTreatingPhysician", request.case_id, Need.FILL_IN, run)
+        async with self._sessions() as session:
+            contact = sharing.contact_of(
+                self._keyring, await self._read_case(session, principal, request.case_id)
+            )
+        assert contact is not None
+        return pb.SetTreatingPhysicianResponse(treating_physician=physician_to_pb(contact))
+
+    async def GetTreatingPhysician(
+        self, request: pb.GetTreatingPhysicianRequest, context: Any
+    ) -> pb.GetTreatingPhysicianResponse:
+        principal = require_principal()
+        if principal.role not in (Role.PATIENT, Role.COORDINATOR):
+            raise PermissionDenied("the treating physician's contact is the patient's")
+        async with self._gate.case(principal, request.case_id, Need.READ) as (session, access):
+            if not access.filer_side:
+                raise NotFound("case not found")
+            contact = sharing.contact_of(self._keyring, access.case)
+            if contact is None:
+                raise NotFound("no treating physician's contact was given")
+            await record(session, access, Action.READ, ObjectKind.CASE, access.case.case_id)
+        return pb.GetTreatingPhysicianResponse(treating_physician=physician_to_pb(contact))
+
+    async def SetReportSharingObjection(
+        self, request: pb.SetReportSharingObjectionRequest, context: Any
+    ) -> pb.SetReportSharingObjectionResponse:
+        principal = require_principal()
+        if self._gate.policy.platform(principal):
+            need = Need.PLATFORM  # mirroring an objection recorded with the identity service
+        elif principal.role in (Role.PATIENT, Role.COORDINATOR):
+            need = Need.FILL_IN
+        else:
+            raise PermissionDenied("the patient (or their representative) objects")
+
+        async def run(session: AsyncSession, access: CaseAccess) -> str:
+            sharing.set_objection(access, request.opposed)
+            await record(session, access, Action.UPDATE, ObjectKind.CASE, access.case.case_id)
+            return access.case.case_id
+
+        await self._gate.write(principal, request, "SetReportSharingObjection", request.case_id, need, run)
+        async with self._sessions() as session:
+            return pb.SetReportSharingObjectionResponse(
+                case=case_to_pb(await self._read_case(session, principal, request.case_id))
+            )
+
+    async def ShareReportWithTreatingPhysician(
+        self, request: pb.ShareReportWithTreatingPhysicianRequest, context: Any
+    ) -> pb.ShareReportWithTreatingPhysicianResponse:
+        principal = require_principal()
+        if not self._gate.policy.platform(principal):
+            raise PermissionDenied("the case workflow sends the report, once consent is checked")
+        existing = await self._report_case(request.report_id)
+
+        async def run(session: AsyncSession, access: CaseAccess) -> str:
+            row = await session.get(models.Report, request.report_id)
+            assert row is not None
+            share, sent = await sharing.share_report(session, self._keyring, self._messaging, access, row)
+            action = Action.SHARE if sent else Action.READ  # a retry sends nothing again
+            await record(session, access, action, ObjectKind.REPORT, row.report_id)
+            return share.report_id
+
+        await self._gate.write(
+            principal, request, "ShareReportWithTreatingPhysician", existing.case_id, Need.PLATFORM, run
+        )
+        async with self._sessions() as session:
+            share = await session.get(models.ReportShare, request.report_id)
+            assert share is not None
+            return pb.ShareReportWithTreatingPhysicianResponse(shared_at=to_timestamp(share.shared_at))
 
     # --- assignments and opposition -----------------------------------------------------------
     async def RecordAssignment(
@@ -814,7 +970,6 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         resolution = _required(
             from_pb_enum(pb.AbuseResolution, exchanges.AbuseResolution, request.resolution), "resolution"
         )
-        from services.shared.idempotency import run_once
 
         async def run(session: AsyncSession) -> str:
             report = await exchanges.resolve_abuse(session, principal, request.abuse_report_id, resolution)
@@ -980,3 +1135,165 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
             first_bad_sequence=result.first_bad_sequence,
             problem=problem,
         )
+
+    # --- data lifecycle (issue 10) ----------------------------------------------------------
+    def _lifecycle_caller(self, *, dpo: bool = True) -> Principal:
+        """The lifecycle worker (service `worker`), or the DPO answering a rights request."""
+        principal = require_principal()
+        if self._gate.policy.platform(principal) or (dpo and principal.role is Role.DPO):
+            return principal
+        raise PermissionDenied("lifecycle operations are for the lifecycle worker and the DPO")
+
+    async def ExportSubjectData(
+        self, request: pb.ExportSubjectDataRequest, context: Any
+    ) -> pb.ExportSubjectDataResponse:
+        # The export holds health data: it goes from the worker into the person's archive,
+        # no staff member reads it on the way.
+        principal = self._lifecycle_caller(dpo=False)
+        check_key(request.idempotency_key)
+        subject_id = lifecycle.check_subject(request.subject_id)
+        if not request.rights_request_id:
+            raise InvalidArgument(
+                "rights_request_id is required (an export answers an access or portability request)"
+            )
+        async with self._sessions.begin() as session:
+            bundle, document_ids, _ = await lifecycle.export_subject(
+                session, self._keyring, self._gate.keys, principal, subject_id
+            )
+        log.info(
+            "subject exported",
+            extra={"fields": {"subject_id": subject_id, "rights_request_id": request.rights_request_id}},
+        )
+        return pb.ExportSubjectDataResponse(
+            fhir_bundle_json=json.dumps(bundle, ensure_ascii=False).encode(),
+            resource_count=len(bundle.get("entry", [])),
+            document_ids=document_ids,
+            generated_at=to_timestamp(datetime.fromisoformat(bundle["timestamp"])),
+        )
+
+    async def ArchiveSubject(
+        self, request: pb.ArchiveSubjectRequest, context: Any
+    ) -> pb.ArchiveSubjectResponse:
+        principal = self._lifecycle_caller()
+        subject_id = lifecycle.check_subject(request.subject_id)
+
+        async def run(session: AsyncSession) -> str:
+            archived_at, _ = await lifecycle.archive_subject(session, principal, subject_id)
+            return archived_at.isoformat()
+
+        result, _ = await run_once(self._sessions, models.IdempotencyRecord, request, "ArchiveSubject", run)
+        async with self._sessions() as session:
+            archived = await lifecycle.subject_cases(session, subject_id, archived=True)
+            counts = await lifecycle.inventory(session, subject_id, [c.case_id for c in archived])
+        log.info("subject archived", extra={"fields": {"subject_id": subject_id, "cases": len(archived)}})
+        return pb.ArchiveSubjectResponse(
+            archived_at=to_timestamp(datetime.fromisoformat(result)), archived=_counts(counts)
+        )
+
+    async def RestrictSubject(
+        self, request: pb.RestrictSubjectRequest, context: Any
+    ) -> pb.RestrictSubjectResponse:
+        principal = self._lifecycle_caller()
+        subject_id = lifecycle.check_subject(request.subject_id)
+
+        async def run(session: AsyncSession) -> str:
+            changed_at, _ = await lifecycle.restrict_subject(
+                session, principal, subject_id, request.restricted
+            )
+            return changed_at.isoformat()
+
+        result, _ = await run_once(self._sessions, models.IdempotencyRecord, request, "RestrictSubject", run)
+        async with self._sessions() as session:
+            cases = await lifecycle.subject_cases(session, subject_id)
+            counts = await lifecycle.inventory(session, subject_id, [c.case_id for c in cases])
+        log.info(
+            "subject restriction changed",
+            extra={"fields": {"subject_id": subject_id, "restricted": request.restricted}},
+        )
+        return pb.RestrictSubjectResponse(
+            affected=_counts(counts), changed_at=to_timestamp(datetime.fromisoformat(result))
+        )
+
+    async def PurgeSubject(self, request: pb.PurgeSubjectRequest, context: Any) -> pb.PurgeSubjectResponse:
+        principal = self._lifecycle_caller()
+        subject_id = lifecycle.check_subject(request.subject_id)
+        retention = timedelta(days=self._settings.access_log_evidence_retention_days)
+
+        async def run(session: AsyncSession) -> str:
+            await lifecycle.purge_subject(
+                session, principal, subject_id, request.rights_request_id, retention
+            )
+            return subject_id
+
+        await run_once(self._sessions, models.IdempotencyRecord, request, "PurgeSubject", run)
+        async with self._sessions() as session:
+            purge = await session.get(models.SubjectPurge, subject_id)
+            assert purge is not None
+            purged_at, report, pending = purge.purged_at, dict(purge.report), list(purge.pending_object_keys)
+        # The rows are gone and the key destroyed; now the objects (again on a retry, until
+        # the store confirms: an object left behind cannot be decrypted anyway).
+        if pending:
+            left = await self._vault.delete_objects(pending)
+            async with self._sessions.begin() as session:
+                purge = await session.get(models.SubjectPurge, subject_id, with_for_update=True)
+                assert purge is not None
+                purge.pending_object_keys = left
+        log.info("subject purged", extra={"fields": {"subject_id": subject_id, "objects_left": len(pending)}})
+        purged = report["purged"]
+        assert isinstance(purged, dict)
+        retained = report["retained"]
+        assert isinstance(retained, list)
+        return pb.PurgeSubjectResponse(
+            purged_at=to_timestamp(purged_at),
+            purged=_counts(purged),
+            retained=[
+                pb.RetainedDataItem(
+                    category=item["category"],
+                    count=item["count"],
+                    legal_basis=to_pb_enum(pb.RetentionLegalBasis, lifecycle.LegalBasis(item["legal_basis"])),
+                    retained_until=to_timestamp(datetime.fromisoformat(item["retained_until"]))
+                    if item["retained_until"]
+                    else None,
+                )
+                for item in retained
+            ],
+            subject_key_destroyed=bool(report["subject_key_destroyed"]),
+        )
+
+    async def ReadArchivedSubject(
+        self, request: pb.ReadArchivedSubjectRequest, context: Any
+    ) -> pb.ReadArchivedSubjectResponse:
+        """RET-07: the only path to archived files; habilitated staff with a legal reason."""
+        principal = require_principal()
+        if principal.role is not Role.DPO and not self._gate.policy.health_data_habilitated(principal):
+            raise PermissionDenied("archived files are read by the DPO or health-data habilitated staff")
+        subject_id = lifecycle.check_subject(request.subject_id)
+        if request.purpose == pb.ARCHIVE_READ_PURPOSE_UNSPECIFIED:
+            raise InvalidArgument("purpose (the legal reason) is required")
+        reference = request.reference.strip()
+        if not reference or len(reference) > 200 or not reference.isprintable():
+            raise InvalidArgument("reference (1 to 200 printable characters) names the legal matter")
+        async with self._sessions.begin() as session:
+            archived = await lifecycle.subject_cases(session, subject_id, archived=True)
+            if not archived:
+                raise NotFound("nothing of this subject is archived")
+            bundle, _, logged = await lifecycle.export_subject(
+                session, self._keyring, self._gate.keys, principal, subject_id,
+                archived_only=True, purpose=Purpose.LEGAL_ARCHIVE,
+            )  # fmt: skip
+            archived_at = min(c.archived_at for c in archived if c.archived_at is not None)
+        log.info(
+            "archive read",
+            extra={
+                "fields": {"subject_id": subject_id, "purpose": pb.ArchiveReadPurpose.Name(request.purpose)}
+            },
+        )
+        return pb.ReadArchivedSubjectResponse(
+            fhir_bundle_json=json.dumps(bundle, ensure_ascii=False).encode(),
+            archived_at=to_timestamp(archived_at),
+            logged_count=logged,
+        )
+
+
+def _counts(counts: dict[str, Any]) -> list[pb.DataItemCount]:
+    return [pb.DataItemCount(category=name, count=int(count)) for name, count in sorted(counts.items())]

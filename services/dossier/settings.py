@@ -52,6 +52,11 @@ class DossierSettings(ServiceSettings):
     # How often quarantined documents are re-scanned (0 disables the background task).
     rescan_interval_seconds: float = Field(default=30.0, ge=0)
 
+    # --- Lifecycle (issue 10) ------------------------------------------------------------
+    # The access log outlives a purge as evidence (SEC-02); how long a purge report says
+    # it is kept.
+    access_log_evidence_retention_days: int = Field(default=10 * 365, gt=0)
+
     # --- Limits -----------------------------------------------------------------------
     max_text_chars: int = Field(default=20_000, gt=0)
     max_form_answers_bytes: int = Field(default=256 * 1024, gt=0)

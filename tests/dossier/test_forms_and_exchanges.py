@@ -365,6 +365,7 @@ async def test_the_report_is_sealed_on_delivery_and_completed_by_addenda(dossier
     from services.dossier.models import Report
 
     async with dossier.vault.sessions() as session:
+        await dossier.vault.gate.keys.load(session, "alice")  # text is sealed under alice's key
         row = await session.get(Report, draft.report_id)
         assert row is not None and await report_rules.verify_seal(session, dossier.vault.keyring, row)
         row.attachment_document_id = ""

@@ -11,6 +11,9 @@
 - Partners, referring doctors, DPO and administrators never see a case's content.
 
 A refusal answers NOT_FOUND (ids reveal nothing) and is itself logged when the case exists.
+An archived case is out of day-to-day reach (RET-07): every normal path answers NOT_FOUND;
+only the explicit archive-read path reads it. A restricted case (GDPR-04) is kept but not
+processed: only the person reads it (see `Gate.resolve`).
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ async def resolve(
     session: AsyncSession, policy: AccessPolicy, principal: Principal, case_id: str, need: Need
 ) -> CaseAccess:
     case = await session.get(Case, case_id) if case_id else None
-    if case is None:
+    if case is None or case.archived_at is not None:
         raise AccessRefused(None)
     access = await _decide(session, policy, principal, case, need)
     if access is None:

@@ -39,6 +39,7 @@ class Action(StrEnum):
     EXPORT = "export"
     LIFECYCLE = "lifecycle"
     REFUSED = "refused"
+    SHARE = "share"
 
 
 class ObjectKind(StrEnum):

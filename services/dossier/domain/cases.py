@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import select
@@ -15,6 +17,8 @@ from services.shared.db import utcnow
 from services.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 MAX_CHOSEN_DOCTORS = 5  # CASE-13: one or several referent doctors, within reason.
+# Unambiguous characters (no 0/O, 1/I/L, U/V confusion) for references read aloud.
+REFERENCE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"
 
 
 class FilingCapacity(StrEnum):
@@ -95,6 +99,8 @@ class NewCase:
     chosen_doctor_ids: list[str] = field(default_factory=list)
     # CASE-14: staff account that entered the request under the personal-assistant mandate.
     entered_by_account_id: str = ""
+    # Platform-chosen mode: how many referent doctors are asked (0 means 1).
+    requested_doctor_count: int = 0
 
 
 def _check_new_case(new: NewCase) -> None:
@@ -110,15 +116,36 @@ def _check_new_case(new: NewCase) -> None:
             raise InvalidArgument(f"choose 1 to {MAX_CHOSEN_DOCTORS} referent doctors")
         if len(set(chosen)) != len(chosen):
             raise InvalidArgument("chosen_doctor_ids has duplicates")
+        if new.requested_doctor_count not in (0, len(chosen)):
+            raise InvalidArgument("requested_doctor_count must match the chosen doctors (or be 0)")
     elif chosen:
         raise InvalidArgument("chosen_doctor_ids must be empty when the platform chooses")
+    elif not 0 <= new.requested_doctor_count <= MAX_CHOSEN_DOCTORS:
+        raise InvalidArgument(f"requested_doctor_count is 1 to {MAX_CHOSEN_DOCTORS} (0 means 1)")
+
+
+def new_reference() -> str:
+    """Opaque and non-guessable (about 40 bits), e.g. "SO-7K3M-Q9TX"."""
+    groups = ("".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(4)) for _ in range(2))
+    return "SO-" + "-".join(groups)
+
+
+async def _unused_reference(session: AsyncSession) -> str:
+    for _ in range(10):
+        reference = new_reference()
+        if await session.scalar(select(Case.case_id).where(Case.case_reference == reference)) is None:
+            return reference
+    raise AlreadyExists("could not allocate a case reference; try again")  # pragma: no cover
 
 
 async def open_case(session: AsyncSession, new: NewCase) -> Case:
     _check_new_case(new)
     now = utcnow()
+    count = len(new.chosen_doctor_ids) if new.chosen_doctor_ids else max(1, new.requested_doctor_count)
     case = Case(
         case_id=str(uuid.uuid4()),
+        case_reference=await _unused_reference(session),
+        requested_doctor_count=count,
         filer_account_id=new.filer_account_id,
         filing_capacity=new.filing_capacity.value,
         beneficiary_id=new.beneficiary_id,
@@ -127,7 +154,9 @@ async def open_case(session: AsyncSession, new: NewCase) -> Case:
         doctor_choice_mode=new.doctor_choice_mode.value,
         chosen_doctor_ids=list(new.chosen_doctor_ids),
         assigned_doctor_ids=[],
+        # Created submitted: the case workflow starts from the creation (see SubmitCase).
         status=CaseStatus.SUBMITTED.value,
+        submitted_at=now,
         created_at=now,
         updated_at=now,
         entered_under_mandate=bool(new.entered_by_account_id),
@@ -264,3 +293,17 @@ async def list_assignments(session: AsyncSession, case_id: str) -> list[Assignme
             )
         ).all()
     )
+
+
+# Open cases whose review clock runs (CASE-12: the coordinators' at-risk view).
+AT_RISK_STATUSES = (CaseStatus.IN_REVIEW.value, CaseStatus.AWAITING_INFORMATION.value)
+DEFAULT_AT_RISK_WITHIN = timedelta(hours=24)
+MAX_AT_RISK_WITHIN = timedelta(days=30)
+
+
+def at_risk_before(now: datetime, within: timedelta | None) -> datetime:
+    """The deadline bound of the at-risk listing (overdue cases included)."""
+    window = DEFAULT_AT_RISK_WITHIN if within is None else within
+    if window <= timedelta(0) or window > MAX_AT_RISK_WITHIN:
+        raise InvalidArgument("at_risk_within must be above zero and at most 30 days")
+    return now + window

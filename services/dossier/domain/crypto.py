@@ -9,7 +9,16 @@ the object header (and beside the wrapped key in the database, which is what a m
 rotation rewrites: rotation re-wraps data keys, it never re-encrypts objects).
 
 Short clinical text kept in the database (form answers, notes, messages, report bodies)
-is sealed directly under the master key with its table and row id as associated data.
+was first sealed directly under the master key with its table and row id as associated
+data (format 1).
+
+Per-subject keys (crypto-shredding, RET-02, GDPR-03): every subject (the account that
+files) has its own random key, wrapped by the master key (`subject_keys` table). New
+document data keys are wrapped by the subject's key instead of the master key, and new
+text is sealed under its own random key wrapped by the subject's key (format 2). Purging
+the subject deletes its key: whatever copy of that data survives anywhere (a backup, a
+forgotten object) can no longer be decrypted. The unwrapped subject keys a request needs
+live only in that request's context (`use_subject_key`), never in a process-wide cache.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import os
 import re
 import struct
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +41,50 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 KEY_FILE = re.compile(r"^(?P<id>[A-Za-z0-9_-]{1,48})\.v(?P<version>\d{1,6})\.key$")
 TEXT_FORMAT = 1
+SUBJECT_TEXT_FORMAT = 2
+WRAPPED_KEY_BYTES = NONCE_BYTES + 32 + TAG_BYTES
+
+# Subject keys unwrapped for the current request (a task's context, gone with it).
+_SUBJECT_KEYS: ContextVar[dict[str, bytes] | None] = ContextVar("dossier_subject_keys", default=None)
+
+
+def use_subject_key(subject_id: str, key: bytes) -> None:
+    """Make a subject's key available to the rest of the current request."""
+    current = _SUBJECT_KEYS.get() or {}
+    _SUBJECT_KEYS.set({**current, subject_id: key})
+
+
+def forget_subject_key(subject_id: str) -> None:
+    current = dict(_SUBJECT_KEYS.get() or {})
+    current.pop(subject_id, None)
+    _SUBJECT_KEYS.set(current)
+
+
+def subject_key(subject_id: str) -> bytes:
+    key = (_SUBJECT_KEYS.get() or {}).get(subject_id)
+    if key is None:
+        raise CryptoError("the subject's data key is not available (never loaded, or destroyed)")
+    return key
+
+
+def wrap_for_subject(data_key: bytes, object_id: str, subject_id: str) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(subject_key(subject_id)).encrypt(
+        nonce, data_key, _subject_aad(object_id, subject_id)
+    )
+
+
+def unwrap_for_subject(wrapped: bytes, object_id: str, subject_id: str) -> bytes:
+    try:
+        return AESGCM(subject_key(subject_id)).decrypt(
+            wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _subject_aad(object_id, subject_id)
+        )
+    except InvalidTag:
+        raise CryptoError("the data key does not unwrap with the subject's key") from None
+
+
+def _subject_aad(object_id: str, subject_id: str) -> bytes:
+    return f"sdek|{object_id}|{subject_id}".encode()
 
 
 class CryptoError(Exception):
@@ -96,7 +150,11 @@ class Keyring:
         return self.wrap(self.unwrap(wrapped, object_id, ref), object_id)
 
     # --- sealed text -------------------------------------------------------------
-    def seal_text(self, text: str, context: str) -> bytes:
+    def seal_text(self, text: str, context: str, subject: str = "") -> bytes:
+        """Seal under the subject's key (format 2) when a subject is named, else under
+        the master key (format 1: data that belongs to no subject)."""
+        if subject:
+            return _seal_for_subject(text, context, subject)
         ref = self.active
         nonce = os.urandom(NONCE_BYTES)
         head = (
@@ -110,6 +168,8 @@ class Keyring:
     def open_text(self, blob: bytes, context: str) -> str:
         try:
             fmt, id_length = struct.unpack(">BB", blob[:2])
+            if fmt == SUBJECT_TEXT_FORMAT:
+                return _open_for_subject(blob, context)
             key_id = blob[2 : 2 + id_length].decode()
             (version,) = struct.unpack(">I", blob[2 + id_length : 6 + id_length])
         except (struct.error, UnicodeDecodeError):
@@ -125,6 +185,34 @@ class Keyring:
         except InvalidTag:
             raise CryptoError("sealed text does not authenticate") from None
         return plain.decode("utf-8")
+
+
+def _seal_for_subject(text: str, context: str, subject_id: str) -> bytes:
+    head = struct.pack(">BB", SUBJECT_TEXT_FORMAT, len(subject_id)) + subject_id.encode()
+    field_key = new_data_key()
+    aad = head + context.encode()
+    wrap_nonce = os.urandom(NONCE_BYTES)
+    wrapped = wrap_nonce + AESGCM(subject_key(subject_id)).encrypt(wrap_nonce, field_key, aad)
+    nonce = os.urandom(NONCE_BYTES)
+    return head + wrapped + nonce + AESGCM(field_key).encrypt(nonce, text.encode("utf-8"), aad)
+
+
+def _open_for_subject(blob: bytes, context: str) -> str:
+    id_length = blob[1]
+    head = blob[: 2 + id_length]
+    try:
+        subject_id = blob[2 : 2 + id_length].decode()
+    except UnicodeDecodeError:
+        raise CryptoError("malformed sealed text") from None
+    aad = head + context.encode()
+    wrapped = blob[len(head) : len(head) + WRAPPED_KEY_BYTES]
+    rest = blob[len(head) + WRAPPED_KEY_BYTES :]
+    try:
+        field_key = AESGCM(subject_key(subject_id)).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], aad)
+        plain = AESGCM(field_key).decrypt(rest[:NONCE_BYTES], rest[NONCE_BYTES:], aad)
+    except InvalidTag:
+        raise CryptoError("sealed text does not authenticate") from None
+    return plain.decode("utf-8")
 
 
 def create_master_key(folder: Path, key_id: str) -> MasterKeyRef:
@@ -156,10 +244,14 @@ class EncryptedObjectHeader:
     master_key: MasterKeyRef
     wrapped_key: bytes
     chunk_size: int
+    # Set when the data key is wrapped by this subject's key (which the master key wraps).
+    subject_key_id: str = ""
 
     def encode(self) -> bytes:
+        extra = {"subject_key_id": self.subject_key_id} if self.subject_key_id else {}
         body = json.dumps(
             {
+                **extra,
                 "object_id": self.object_id,
                 "master_key_id": self.master_key.key_id,
                 "master_key_version": self.master_key.version,

@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dossier.domain import accesslog
-from services.dossier.domain.access import AccessPolicy, AccessRefused, CaseAccess, Need, resolve
+from services.dossier.domain.access import AccessPolicy, AccessRefused, CaseAccess, Need
 from services.dossier.domain.accesslog import Action, ObjectKind, Purpose
 from services.dossier.domain.crypto import (
     CryptoError,
@@ -39,6 +39,8 @@ from services.dossier.domain.crypto import (
     decrypt_stream,
     encrypt_stream,
     new_data_key,
+    unwrap_for_subject,
+    wrap_for_subject,
 )
 from services.dossier.domain.filetypes import SNIFF_BYTES, ContentType, check_structure, sniff
 from services.dossier.domain.gate import Gate
@@ -158,7 +160,7 @@ class DocumentVault:
     ) -> None:
         self.gate = gate
         self.store = store
-        self.keyring = keyring
+        self._keyring = keyring
         self.scanner = scanner
         self.max_bytes = max_bytes
         self.scratch_dir = scratch_dir
@@ -168,6 +170,16 @@ class DocumentVault:
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
         return self.gate.sessions
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    @keyring.setter
+    def keyring(self, keyring: Keyring) -> None:
+        """Master keys reloaded (rotation): subject keys unwrap with the same keyring."""
+        self._keyring = keyring
+        self.gate.keys.keyring = keyring
 
     @property
     def policy(self) -> AccessPolicy:
@@ -215,11 +227,13 @@ class DocumentVault:
         self._check_metadata(upload)
         if upload.case_id:
             need, source = self._need_and_source(principal, upload, postal)
-            await self.gate.check(principal, upload.case_id, need)
+            subject = await self.gate.check(principal, upload.case_id, need)
         else:
             if principal.role is not Role.PATIENT or upload.purpose not in ACCOUNT_PURPOSES or postal:
                 raise InvalidArgument("only proofs of representation or identity may have no case")
             need, source = Need.FILL_IN, DocumentSource.UPLOAD
+            subject = principal.subject
+            await self.gate.keys.ensure(subject)
         async with self.sessions() as session:
             previous = await _recall(
                 session, IdempotencyRecord, first_message.idempotency_key,  # type: ignore[attr-defined]
@@ -242,16 +256,18 @@ class DocumentVault:
                 status, signature = DocumentStatus.QUARANTINED, ""
                 log.warning("malware scanner unavailable", extra={"fields": {"document_id": document_id}})
             data_key = new_data_key()
-            ref, wrapped = self.keyring.wrap(data_key, document_id)
+            # The subject's key wraps the data key (crypto-shredding); the master key wraps it.
+            ref = self.keyring.active
+            wrapped = wrap_for_subject(data_key, document_id, subject)
             if status is not DocumentStatus.REJECTED:  # malware is never stored
                 object_key = f"documents/{document_id}"
-                header = EncryptedObjectHeader(document_id, ref, wrapped, self.chunk_bytes)
+                header = EncryptedObjectHeader(document_id, ref, wrapped, self.chunk_bytes, subject)
                 await self.store.put(object_key, encrypt_stream(_file_chunks(spooled.path), header, data_key))
 
             async def insert(session: AsyncSession) -> str:
                 assert spooled is not None
                 if upload.case_id:
-                    access = await resolve(session, self.policy, principal, upload.case_id, need)
+                    access = await self.gate.resolve(session, principal, upload.case_id, need)
                     case = access.case
                     purpose = access.purpose
                 else:
@@ -283,6 +299,7 @@ class DocumentVault:
                     wrapped_key=wrapped,
                     master_key_id=ref.key_id,
                     master_key_version=ref.version,
+                    subject_key_id=subject,
                     scan_signature=signature,
                     scanned_at=utcnow() if status is not DocumentStatus.QUARANTINED else None,
                 )
@@ -367,14 +384,16 @@ class DocumentVault:
         self, session: AsyncSession, principal: Principal, document_id: str, need: Need
     ) -> DocumentAccess:
         document = await session.get(Document, document_id) if document_id else None
-        if document is None:
+        if document is None or document.archived_at is not None:
             raise NotFound("document not found")
         if document.case_id:
-            access = await resolve(session, self.policy, principal, document.case_id, need)
+            access = await self.gate.resolve(session, principal, document.case_id, need)
             return DocumentAccess(principal, document, access.purpose, access)
         if principal.role is Role.PATIENT and principal.subject == document.uploaded_by_account_id:
+            await self.gate.keys.load(session, document.uploaded_by_account_id)
             return DocumentAccess(principal, document, Purpose.OWN_SPACE)
         if need is Need.READ and self.policy.health_data_habilitated(principal):
+            await self.gate.keys.load(session, document.uploaded_by_account_id)
             return DocumentAccess(principal, document, Purpose.COORDINATION)
         raise NotFound("document not found")
 
@@ -419,12 +438,23 @@ class DocumentVault:
             raise NotFound("document not found") from None
         return document, self.plaintext(document)
 
-    async def plaintext(self, document: Document, check_hash: bool = True) -> AsyncIterator[bytes]:
-        data_key = self.keyring.unwrap(
+    def data_key(self, document: Document) -> bytes:
+        """The document's data key: under its subject's key (loaded for this request), or
+        under the master key for documents stored before subject keys existed."""
+        if document.subject_key_id:
+            return unwrap_for_subject(document.wrapped_key, document.document_id, document.subject_key_id)
+        return self.keyring.unwrap(
             document.wrapped_key,
             document.document_id,
             MasterKeyRef(document.master_key_id, document.master_key_version),
         )
+
+    async def plaintext(self, document: Document, check_hash: bool = True) -> AsyncIterator[bytes]:
+        try:
+            data_key = self.data_key(document)
+        except CryptoError as exc:
+            log.error("document key unavailable", extra={"fields": {"document_id": document.document_id}})
+            raise DataLoss("the document's key is not available") from exc
         digest = hashlib.sha256()
         size = 0
         try:
@@ -490,7 +520,9 @@ class DocumentVault:
                     sender_account_id=principal.subject,
                     sender_role=principal.role.value,
                     kind="document_request",
-                    body_sealed=self.keyring.seal_text(text, f"messages:{message_id}"),
+                    body_sealed=self.keyring.seal_text(
+                        text, f"messages:{message_id}", access.case.filer_account_id
+                    ),
                     attachment_document_ids=[document_id],
                     in_reply_to_message_id="",
                     sent_at=utcnow(),
@@ -526,6 +558,9 @@ class DocumentVault:
             )
         done = 0
         for document in pending:
+            if document.subject_key_id:
+                async with self.sessions() as session:
+                    await self.gate.keys.load(session, document.subject_key_id)
             try:
                 verdict = await self.scanner.scan(self.plaintext(document))
             except ScannerUnavailable:
@@ -553,19 +588,32 @@ class DocumentVault:
             done += 1
         return done
 
+    async def delete_objects(self, keys: list[str]) -> list[str]:
+        """Delete objects (purge); returns the keys the store could not delete."""
+        left: list[str] = []
+        for key in keys:
+            try:
+                await self.store.delete(key)
+            except Exception:
+                log.warning("object not deleted", extra={"fields": {"object_key": key}})
+                left.append(key)
+        return left
+
     # --- master-key rotation ----------------------------------------------------------
     async def rewrap_keys(self, batch: int = 200) -> int:
-        """Re-wrap every data key not under the active master key; objects are untouched."""
+        """Re-wrap every data key not under the active master key (subject keys, and the
+        data keys of older documents wrapped by the master key); objects are untouched."""
         active = self.keyring.active
-        count = 0
+        count = await self.gate.keys.rewrap(batch)
         while True:
             async with self.sessions.begin() as session:
                 rows = (
                     await session.scalars(
                         select(Document)
                         .where(
+                            Document.subject_key_id == "",
                             (Document.master_key_id != active.key_id)
-                            | (Document.master_key_version != active.version)
+                            | (Document.master_key_version != active.version),
                         )
                         .limit(batch)
                     )

@@ -182,7 +182,9 @@ async def save(
             submitted_at=None,
         )
         session.add(row)
-    row.answers_sealed = keyring.seal_text(canonical, _context(row.form_answers_id))
+    row.answers_sealed = keyring.seal_text(
+        canonical, _context(row.form_answers_id), access.case.filer_account_id
+    )
     row.entered_by_account_id = access.principal.subject
     row.entered_under_mandate = access.under_mandate
     row.status = (FormStatus.SUBMITTED if submit else FormStatus.DRAFT).value

@@ -13,8 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.dossier.domain import accesslog
 from services.dossier.domain.access import AccessPolicy, AccessRefused, CaseAccess, Need, resolve
 from services.dossier.domain.accesslog import Action, ObjectKind, Purpose
+from services.dossier.domain.subjectkeys import SubjectKeys
 from services.dossier.models import IdempotencyRecord
 from services.shared.auth import Principal, Role
+from services.shared.errors import FailedPrecondition
 from services.shared.idempotency import run_once
 
 log = logging.getLogger(__name__)
@@ -27,10 +29,30 @@ ATTEMPT_PURPOSE = {
 }
 
 
+class ProcessingRestricted(FailedPrecondition):
+    """GDPR-04: the file is kept, readable by the person, and not otherwise processed."""
+
+    def __init__(self) -> None:
+        super().__init__("processing of this medical file is restricted at the person's request")
+
+
 class Gate:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], policy: AccessPolicy) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], policy: AccessPolicy, keys: SubjectKeys
+    ) -> None:
         self.sessions = sessions
         self.policy = policy
+        self.keys = keys
+
+    async def resolve(
+        self, session: AsyncSession, principal: Principal, case_id: str, need: Need
+    ) -> CaseAccess:
+        """The access rules, the restriction, then the subject's key for this request."""
+        access = await resolve(session, self.policy, principal, case_id, need)
+        if access.case.restricted_at is not None and not (need is Need.READ and access.filer_side):
+            raise ProcessingRestricted()
+        await self.keys.load(session, access.case.filer_account_id)
+        return access
 
     async def log_refusal(self, principal: Principal, refused: AccessRefused) -> None:
         """A refused attempt on an existing case is evidence too (best effort: the caller
@@ -63,20 +85,25 @@ class Gate:
         The transaction commits (log included) before the caller returns any data."""
         try:
             async with self.sessions.begin() as session:
-                access = await resolve(session, self.policy, principal, case_id, need)
+                access = await self.resolve(session, principal, case_id, need)
                 yield session, access
         except AccessRefused as refused:
             await self.log_refusal(principal, refused)
             raise
 
-    async def check(self, principal: Principal, case_id: str, need: Need) -> None:
-        """Refuse early (before reading a stream, for instance); logs nothing on success."""
+    async def check(self, principal: Principal, case_id: str, need: Need) -> str:
+        """Refuse early (before reading a stream, for instance); logs nothing on success.
+        Returns the case's subject (its filer), whose key then exists and is loaded."""
         try:
             async with self.sessions() as session:
-                await resolve(session, self.policy, principal, case_id, need)
+                access = await self.resolve(session, principal, case_id, need)
+                subject = access.case.filer_account_id
         except AccessRefused as refused:
             await self.log_refusal(principal, refused)
             raise
+        if need is not Need.READ:
+            await self.keys.ensure(subject)
+        return subject
 
     async def write(
         self,
@@ -90,7 +117,7 @@ class Gate:
         """An idempotent write: access, the change and its log entry in one transaction."""
 
         async def run(session: AsyncSession) -> str:
-            access = await resolve(session, self.policy, principal, case_id, need)
+            access = await self.resolve(session, principal, case_id, need)
             return await action(session, access)
 
         # Access is checked on replays too: a retry never hands out what is no longer allowed.

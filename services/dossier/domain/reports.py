@@ -112,7 +112,7 @@ async def save_draft(
             seal_sha256_hex="",
         )
         session.add(draft)
-    draft.body_sealed = keyring.seal_text(body, f"reports:{draft.report_id}")
+    draft.body_sealed = keyring.seal_text(body, f"reports:{draft.report_id}", access.case.filer_account_id)
     draft.attachment_document_id = attachment
     await session.flush()
     return draft
@@ -154,7 +154,9 @@ async def add_addendum(
         sealed_at=None,
         seal_sha256_hex="",
     )
-    addendum.body_sealed = keyring.seal_text(body, f"reports:{addendum.report_id}")
+    addendum.body_sealed = keyring.seal_text(
+        body, f"reports:{addendum.report_id}", access.case.filer_account_id
+    )
     session.add(addendum)
     await session.flush()
     return await deliver(session, keyring, addendum)

@@ -729,6 +729,8 @@ class _AccessActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccessAc
     """Archived or purged."""
     ACCESS_ACTION_REFUSED: _AccessAction.ValueType  # 7
     """Refused by the access rules."""
+    ACCESS_ACTION_SHARE: _AccessAction.ValueType  # 8
+    """Sent outside the platform (the report to the treating physician, CASE-16)."""
 
 class AccessAction(_AccessAction, metaclass=_AccessActionEnumTypeWrapper):
     """What kind of access was made."""
@@ -749,6 +751,8 @@ ACCESS_ACTION_LIFECYCLE: AccessAction.ValueType  # 6
 """Archived or purged."""
 ACCESS_ACTION_REFUSED: AccessAction.ValueType  # 7
 """Refused by the access rules."""
+ACCESS_ACTION_SHARE: AccessAction.ValueType  # 8
+"""Sent outside the platform (the report to the treating physician, CASE-16)."""
 Global___AccessAction: _TypeAlias = AccessAction  # noqa: Y015
 
 class _AccessObjectKind:
@@ -895,6 +899,34 @@ RETENTION_LEGAL_BASIS_EVIDENCE: RetentionLegalBasis.ValueType  # 3
 """The access log is evidence (SEC-02)."""
 Global___RetentionLegalBasis: _TypeAlias = RetentionLegalBasis  # noqa: Y015
 
+class _ArchiveReadPurpose:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArchiveReadPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArchiveReadPurpose.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARCHIVE_READ_PURPOSE_UNSPECIFIED: _ArchiveReadPurpose.ValueType  # 0
+    """Not set; refused by the server."""
+    ARCHIVE_READ_PURPOSE_LITIGATION: _ArchiveReadPurpose.ValueType  # 1
+    """Litigation or a judicial request."""
+    ARCHIVE_READ_PURPOSE_REGULATOR_INQUIRY: _ArchiveReadPurpose.ValueType  # 2
+    """A supervisory authority's inquiry."""
+    ARCHIVE_READ_PURPOSE_RIGHTS_REQUEST: _ArchiveReadPurpose.ValueType  # 3
+    """Answering a rights request about archived data."""
+
+class ArchiveReadPurpose(_ArchiveReadPurpose, metaclass=_ArchiveReadPurposeEnumTypeWrapper):
+    """Why archived data is read (RET-07)."""
+
+ARCHIVE_READ_PURPOSE_UNSPECIFIED: ArchiveReadPurpose.ValueType  # 0
+"""Not set; refused by the server."""
+ARCHIVE_READ_PURPOSE_LITIGATION: ArchiveReadPurpose.ValueType  # 1
+"""Litigation or a judicial request."""
+ARCHIVE_READ_PURPOSE_REGULATOR_INQUIRY: ArchiveReadPurpose.ValueType  # 2
+"""A supervisory authority's inquiry."""
+ARCHIVE_READ_PURPOSE_RIGHTS_REQUEST: ArchiveReadPurpose.ValueType  # 3
+"""Answering a rights request about archived data."""
+Global___ArchiveReadPurpose: _TypeAlias = ArchiveReadPurpose  # noqa: Y015
+
 @_typing.final
 class Case(_message.Message):
     """An opinion request."""
@@ -918,6 +950,9 @@ class Case(_message.Message):
     SUBMITTED_AT_FIELD_NUMBER: _builtins.int
     DEADLINE_AT_FIELD_NUMBER: _builtins.int
     ENTERED_UNDER_MANDATE_FIELD_NUMBER: _builtins.int
+    HAS_TREATING_PHYSICIAN_FIELD_NUMBER: _builtins.int
+    REPORT_SHARING_OPPOSED_AT_FIELD_NUMBER: _builtins.int
+    PROCESSING_RESTRICTED_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     """Case id (UUID)."""
     filer_account_id: _builtins.str
@@ -940,6 +975,10 @@ class Case(_message.Message):
     """Number of referent doctors asked (1, or more for a collegial opinion, CASE-13)."""
     entered_under_mandate: _builtins.bool
     """True when staff created or filled it in under the personal-assistant mandate (CASE-14)."""
+    has_treating_physician: _builtins.bool
+    """True when the treating physician's contact was given (CASE-16)."""
+    processing_restricted: _builtins.bool
+    """True while processing is restricted at the person's request (GDPR-04)."""
     @_builtins.property
     def chosen_doctor_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Matching-service doctor ids the patient picked (patient-chosen mode)."""
@@ -964,6 +1003,12 @@ class Case(_message.Message):
     def deadline_at(self) -> _timestamp_pb2.Timestamp:
         """Current review deadline (unset before review)."""
 
+    @_builtins.property
+    def report_sharing_opposed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the patient objected to sending the report to the treating physician (CNS-08);
+        unset when there is no objection.
+        """
+
     def __init__(
         self,
         *,
@@ -984,10 +1029,13 @@ class Case(_message.Message):
         submitted_at: _timestamp_pb2.Timestamp | None = ...,
         deadline_at: _timestamp_pb2.Timestamp | None = ...,
         entered_under_mandate: _builtins.bool = ...,
+        has_treating_physician: _builtins.bool = ...,
+        report_sharing_opposed_at: _timestamp_pb2.Timestamp | None = ...,
+        processing_restricted: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline_at", b"deadline_at", "submitted_at", b"submitted_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline_at", b"deadline_at", "report_sharing_opposed_at", b"report_sharing_opposed_at", "submitted_at", b"submitted_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_doctor_ids", b"assigned_doctor_ids", "beneficiary_id", b"beneficiary_id", "case_id", b"case_id", "case_reference", b"case_reference", "chosen_doctor_ids", b"chosen_doctor_ids", "created_at", b"created_at", "deadline_at", b"deadline_at", "doctor_choice_mode", b"doctor_choice_mode", "entered_under_mandate", b"entered_under_mandate", "filer_account_id", b"filer_account_id", "filing_capacity", b"filing_capacity", "purpose", b"purpose", "requested_doctor_count", b"requested_doctor_count", "status", b"status", "submitted_at", b"submitted_at", "therapeutic_area", b"therapeutic_area", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_doctor_ids", b"assigned_doctor_ids", "beneficiary_id", b"beneficiary_id", "case_id", b"case_id", "case_reference", b"case_reference", "chosen_doctor_ids", b"chosen_doctor_ids", "created_at", b"created_at", "deadline_at", b"deadline_at", "doctor_choice_mode", b"doctor_choice_mode", "entered_under_mandate", b"entered_under_mandate", "filer_account_id", b"filer_account_id", "filing_capacity", b"filing_capacity", "has_treating_physician", b"has_treating_physician", "processing_restricted", b"processing_restricted", "purpose", b"purpose", "report_sharing_opposed_at", b"report_sharing_opposed_at", "requested_doctor_count", b"requested_doctor_count", "status", b"status", "submitted_at", b"submitted_at", "therapeutic_area", b"therapeutic_area", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1464,6 +1512,109 @@ class SetTreatingPhysicianResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetTreatingPhysicianResponse: _TypeAlias = SetTreatingPhysicianResponse  # noqa: Y015
+
+@_typing.final
+class GetTreatingPhysicianRequest(_message.Message):
+    """Request of GetTreatingPhysician."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """The case."""
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTreatingPhysicianRequest: _TypeAlias = GetTreatingPhysicianRequest  # noqa: Y015
+
+@_typing.final
+class GetTreatingPhysicianResponse(_message.Message):
+    """Response of GetTreatingPhysician. NOT_FOUND when no contact was given."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TREATING_PHYSICIAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def treating_physician(self) -> Global___TreatingPhysician:
+        """The recorded contact."""
+
+    def __init__(
+        self,
+        *,
+        treating_physician: Global___TreatingPhysician | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["treating_physician", b"treating_physician"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["treating_physician", b"treating_physician"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTreatingPhysicianResponse: _TypeAlias = GetTreatingPhysicianResponse  # noqa: Y015
+
+@_typing.final
+class SetReportSharingObjectionRequest(_message.Message):
+    """Request of SetReportSharingObjection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    OPPOSED_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Idempotency key, derived from a stable business identity (the objection form
+    submission, or the identity objection id); a reused key with different parameters is
+    refused.
+    """
+    case_id: _builtins.str
+    """The case."""
+    opposed: _builtins.bool
+    """True to object, false to withdraw the objection."""
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        opposed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "idempotency_key", b"idempotency_key", "opposed", b"opposed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReportSharingObjectionRequest: _TypeAlias = SetReportSharingObjectionRequest  # noqa: Y015
+
+@_typing.final
+class SetReportSharingObjectionResponse(_message.Message):
+    """Response of SetReportSharingObjection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def case(self) -> Global___Case:
+        """The case after the change."""
+
+    def __init__(
+        self,
+        *,
+        case: Global___Case | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case", b"case"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case", b"case"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReportSharingObjectionResponse: _TypeAlias = SetReportSharingObjectionResponse  # noqa: Y015
 
 @_typing.final
 class Assignment(_message.Message):
@@ -4191,3 +4342,65 @@ class PurgeSubjectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PurgeSubjectResponse: _TypeAlias = PurgeSubjectResponse  # noqa: Y015
+
+@_typing.final
+class ReadArchivedSubjectRequest(_message.Message):
+    """Request of ReadArchivedSubject."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """Archived subject (account id of the filer)."""
+    purpose: Global___ArchiveReadPurpose.ValueType
+    """Why it is read."""
+    reference: _builtins.str
+    """Opaque reference of the legal matter (docket, inquiry, rights request id)."""
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        purpose: Global___ArchiveReadPurpose.ValueType = ...,
+        reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "reference", b"reference", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadArchivedSubjectRequest: _TypeAlias = ReadArchivedSubjectRequest  # noqa: Y015
+
+@_typing.final
+class ReadArchivedSubjectResponse(_message.Message):
+    """Response of ReadArchivedSubject. NOT_FOUND when nothing of the subject is archived."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FHIR_BUNDLE_JSON_FIELD_NUMBER: _builtins.int
+    ARCHIVED_AT_FIELD_NUMBER: _builtins.int
+    LOGGED_COUNT_FIELD_NUMBER: _builtins.int
+    fhir_bundle_json: _builtins.bytes
+    """The archived medical file as a FHIR R4 Bundle (JSON, type "collection")."""
+    logged_count: _builtins.int
+    """Number of access-log entries written for this read (one per archived case)."""
+    @_builtins.property
+    def archived_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was archived (the earliest archived case)."""
+
+    def __init__(
+        self,
+        *,
+        fhir_bundle_json: _builtins.bytes = ...,
+        archived_at: _timestamp_pb2.Timestamp | None = ...,
+        logged_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["archived_at", b"archived_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_at", b"archived_at", "fhir_bundle_json", b"fhir_bundle_json", "logged_count", b"logged_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadArchivedSubjectResponse: _TypeAlias = ReadArchivedSubjectResponse  # noqa: Y015

@@ -70,6 +70,16 @@ class DossierServiceStub:
                 request_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetTreatingPhysicianRequest.SerializeToString,
                 response_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetTreatingPhysicianResponse.FromString,
                 _registered_method=True)
+        self.GetTreatingPhysician = channel.unary_unary(
+                '/secondopinion.dossier.v1.DossierService/GetTreatingPhysician',
+                request_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetTreatingPhysicianRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetTreatingPhysicianResponse.FromString,
+                _registered_method=True)
+        self.SetReportSharingObjection = channel.unary_unary(
+                '/secondopinion.dossier.v1.DossierService/SetReportSharingObjection',
+                request_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetReportSharingObjectionRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetReportSharingObjectionResponse.FromString,
+                _registered_method=True)
         self.RecordAssignment = channel.unary_unary(
                 '/secondopinion.dossier.v1.DossierService/RecordAssignment',
                 request_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.RecordAssignmentRequest.SerializeToString,
@@ -245,6 +255,11 @@ class DossierServiceStub:
                 request_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.PurgeSubjectRequest.SerializeToString,
                 response_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.PurgeSubjectResponse.FromString,
                 _registered_method=True)
+        self.ReadArchivedSubject = channel.unary_unary(
+                '/secondopinion.dossier.v1.DossierService/ReadArchivedSubject',
+                request_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectResponse.FromString,
+                _registered_method=True)
 
 
 class DossierServiceServicer:
@@ -298,6 +313,22 @@ class DossierServiceServicer:
     def SetTreatingPhysician(self, request, context):
         """Records the treating physician's contact, at submission or when the report arrives
         (CASE-16).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTreatingPhysician(self, request, context):
+        """Reads the treating physician's contact recorded on a case (the filer) (CASE-16).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetReportSharingObjection(self, request, context):
+        """Records (or withdraws) the patient's objection to sending the report to the treating
+        physician; the filer, or the workflow worker mirroring an objection recorded with the
+        identity service (CNS-08).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -557,6 +588,14 @@ class DossierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadArchivedSubject(self, request, context):
+        """Reads a subject's archived medical file, for habilitated staff and a legal reason;
+        every read is logged (RET-07).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DossierServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -594,6 +633,16 @@ def add_DossierServiceServicer_to_server(servicer, server):
                     servicer.SetTreatingPhysician,
                     request_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetTreatingPhysicianRequest.FromString,
                     response_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetTreatingPhysicianResponse.SerializeToString,
+            ),
+            'GetTreatingPhysician': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTreatingPhysician,
+                    request_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetTreatingPhysicianRequest.FromString,
+                    response_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetTreatingPhysicianResponse.SerializeToString,
+            ),
+            'SetReportSharingObjection': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetReportSharingObjection,
+                    request_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetReportSharingObjectionRequest.FromString,
+                    response_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetReportSharingObjectionResponse.SerializeToString,
             ),
             'RecordAssignment': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordAssignment,
@@ -769,6 +818,11 @@ def add_DossierServiceServicer_to_server(servicer, server):
                     servicer.PurgeSubject,
                     request_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.PurgeSubjectRequest.FromString,
                     response_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.PurgeSubjectResponse.SerializeToString,
+            ),
+            'ReadArchivedSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadArchivedSubject,
+                    request_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectRequest.FromString,
+                    response_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -961,6 +1015,60 @@ class DossierService:
             '/secondopinion.dossier.v1.DossierService/SetTreatingPhysician',
             secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetTreatingPhysicianRequest.SerializeToString,
             secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetTreatingPhysicianResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTreatingPhysician(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.dossier.v1.DossierService/GetTreatingPhysician',
+            secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetTreatingPhysicianRequest.SerializeToString,
+            secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetTreatingPhysicianResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetReportSharingObjection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.dossier.v1.DossierService/SetReportSharingObjection',
+            secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetReportSharingObjectionRequest.SerializeToString,
+            secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.SetReportSharingObjectionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1906,6 +2014,33 @@ class DossierService:
             '/secondopinion.dossier.v1.DossierService/PurgeSubject',
             secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.PurgeSubjectRequest.SerializeToString,
             secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.PurgeSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadArchivedSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.dossier.v1.DossierService/ReadArchivedSubject',
+            secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectRequest.SerializeToString,
+            secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,13 @@ class DossierServiceStub:
     """Records the treating physician's contact, at submission or when the report arrives
     (CASE-16).
     """
+    GetTreatingPhysician: _grpc.UnaryUnaryMultiCallable[_dossier_pb2.GetTreatingPhysicianRequest, _dossier_pb2.GetTreatingPhysicianResponse]
+    """Reads the treating physician's contact recorded on a case (the filer) (CASE-16)."""
+    SetReportSharingObjection: _grpc.UnaryUnaryMultiCallable[_dossier_pb2.SetReportSharingObjectionRequest, _dossier_pb2.SetReportSharingObjectionResponse]
+    """Records (or withdraws) the patient's objection to sending the report to the treating
+    physician; the filer, or the workflow worker mirroring an objection recorded with the
+    identity service (CNS-08).
+    """
     RecordAssignment: _grpc.UnaryUnaryMultiCallable[_dossier_pb2.RecordAssignmentRequest, _dossier_pb2.RecordAssignmentResponse]
     """Records that a referent doctor is assigned to a case; they gain access (DOC-02)."""
     EndAssignment: _grpc.UnaryUnaryMultiCallable[_dossier_pb2.EndAssignmentRequest, _dossier_pb2.EndAssignmentResponse]
@@ -154,6 +161,10 @@ class DossierServiceStub:
     """Purges a subject's file: the subject's data key is destroyed (crypto-shredding),
     rows and objects deleted; what must be kept is restricted and listed.
     """
+    ReadArchivedSubject: _grpc.UnaryUnaryMultiCallable[_dossier_pb2.ReadArchivedSubjectRequest, _dossier_pb2.ReadArchivedSubjectResponse]
+    """Reads a subject's archived medical file, for habilitated staff and a legal reason;
+    every read is logged (RET-07).
+    """
 
 @_typing.type_check_only
 class DossierServiceAsyncStub(DossierServiceStub):
@@ -179,6 +190,13 @@ class DossierServiceAsyncStub(DossierServiceStub):
     SetTreatingPhysician: _aio.UnaryUnaryMultiCallable[_dossier_pb2.SetTreatingPhysicianRequest, _dossier_pb2.SetTreatingPhysicianResponse]  # type: ignore[assignment]
     """Records the treating physician's contact, at submission or when the report arrives
     (CASE-16).
+    """
+    GetTreatingPhysician: _aio.UnaryUnaryMultiCallable[_dossier_pb2.GetTreatingPhysicianRequest, _dossier_pb2.GetTreatingPhysicianResponse]  # type: ignore[assignment]
+    """Reads the treating physician's contact recorded on a case (the filer) (CASE-16)."""
+    SetReportSharingObjection: _aio.UnaryUnaryMultiCallable[_dossier_pb2.SetReportSharingObjectionRequest, _dossier_pb2.SetReportSharingObjectionResponse]  # type: ignore[assignment]
+    """Records (or withdraws) the patient's objection to sending the report to the treating
+    physician; the filer, or the workflow worker mirroring an objection recorded with the
+    identity service (CNS-08).
     """
     RecordAssignment: _aio.UnaryUnaryMultiCallable[_dossier_pb2.RecordAssignmentRequest, _dossier_pb2.RecordAssignmentResponse]  # type: ignore[assignment]
     """Records that a referent doctor is assigned to a case; they gain access (DOC-02)."""
@@ -267,6 +285,10 @@ class DossierServiceAsyncStub(DossierServiceStub):
     """Purges a subject's file: the subject's data key is destroyed (crypto-shredding),
     rows and objects deleted; what must be kept is restricted and listed.
     """
+    ReadArchivedSubject: _aio.UnaryUnaryMultiCallable[_dossier_pb2.ReadArchivedSubjectRequest, _dossier_pb2.ReadArchivedSubjectResponse]  # type: ignore[assignment]
+    """Reads a subject's archived medical file, for habilitated staff and a legal reason;
+    every read is logged (RET-07).
+    """
 
 class DossierServiceServicer(metaclass=_abc_1.ABCMeta):
     """The medical file of each opinion request."""
@@ -331,6 +353,25 @@ class DossierServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_dossier_pb2.SetTreatingPhysicianResponse, _abc.Awaitable[_dossier_pb2.SetTreatingPhysicianResponse]]:
         """Records the treating physician's contact, at submission or when the report arrives
         (CASE-16).
+        """
+
+    @_abc_1.abstractmethod
+    def GetTreatingPhysician(
+        self,
+        request: _dossier_pb2.GetTreatingPhysicianRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dossier_pb2.GetTreatingPhysicianResponse, _abc.Awaitable[_dossier_pb2.GetTreatingPhysicianResponse]]:
+        """Reads the treating physician's contact recorded on a case (the filer) (CASE-16)."""
+
+    @_abc_1.abstractmethod
+    def SetReportSharingObjection(
+        self,
+        request: _dossier_pb2.SetReportSharingObjectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dossier_pb2.SetReportSharingObjectionResponse, _abc.Awaitable[_dossier_pb2.SetReportSharingObjectionResponse]]:
+        """Records (or withdraws) the patient's objection to sending the report to the treating
+        physician; the filer, or the workflow worker mirroring an objection recorded with the
+        identity service (CNS-08).
         """
 
     @_abc_1.abstractmethod
@@ -628,6 +669,16 @@ class DossierServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_dossier_pb2.PurgeSubjectResponse, _abc.Awaitable[_dossier_pb2.PurgeSubjectResponse]]:
         """Purges a subject's file: the subject's data key is destroyed (crypto-shredding),
         rows and objects deleted; what must be kept is restricted and listed.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadArchivedSubject(
+        self,
+        request: _dossier_pb2.ReadArchivedSubjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dossier_pb2.ReadArchivedSubjectResponse, _abc.Awaitable[_dossier_pb2.ReadArchivedSubjectResponse]]:
+        """Reads a subject's archived medical file, for habilitated staff and a legal reason;
+        every read is logged (RET-07).
         """
 
 def add_DossierServiceServicer_to_server(servicer: DossierServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
