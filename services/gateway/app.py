@@ -17,6 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.gateway.api.payments import router as psp_routes
+from services.gateway.api.schemas import Problem
 from services.gateway.api.v1 import router as api_v1
 from services.gateway.clients import ServiceClients
 from services.gateway.problems import (
@@ -26,8 +28,11 @@ from services.gateway.problems import (
     validation_error_handler,
 )
 from services.gateway.settings import GatewaySettings
+from services.gateway.web.doctor import router as doctor_pages
+from services.gateway.web.patient import router as patient_pages
 from services.gateway.web.routes import router as web_pages
 from services.gateway.web.security import DEFAULT_LIMITS, CsrfProtection, RateLimiter
+from services.gateway.web.staff import router as staff_pages
 from services.shared.settings import Environment, InternalAuthSettings
 from workflows.settings import TemporalSettings
 from workflows.temporal_client import connect
@@ -64,6 +69,7 @@ def create_app(
         client = await connect(temporal) if connect_temporal else None
         clients = ServiceClients(settings, auth, client, temporal.case_task_queue)
         app.state.settings = settings
+        app.state.temporal_namespace = temporal.namespace
         app.state.clients = clients
         app.state.csrf = CsrfProtection(settings.secret_key.encode() or secrets.token_bytes(32))
         app.state.rate_limiter = RateLimiter(DEFAULT_LIMITS)
@@ -121,7 +127,28 @@ def create_app(
         return JSONResponse({"ready": ready, "services": statuses}, status_code=200 if ready else 503)
 
     app.include_router(api_v1)
+    app.include_router(psp_routes)
     app.include_router(web_pages)
+    app.include_router(patient_pages)
+    app.include_router(doctor_pages)
+    app.include_router(staff_pages)
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+        schema["components"]["securitySchemes"] = {
+            "session": {"type": "apiKey", "in": "cookie", "name": settings.session_cookie_name},
+            "bearer": {"type": "http", "scheme": "bearer"},
+        }
+        schema["security"] = [{"session": []}, {"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=str(Path(__file__).parent / "web" / "static")), name="static")
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import grpc
 from secondopinion.billing.v1 import billing_pb2_grpc
@@ -32,10 +33,18 @@ class Caller:
     role: str
     session_id: str
     internal_token: str
+    habilitations: tuple[str, ...] = ()
+    # End of the session's step-up window (ACC-06); None when no fresh code was given.
+    step_up_valid_until: datetime | None = None
+    must_enrol_totp: bool = False
 
     @property
     def metadata(self) -> Metadata:
         return bearer(self.internal_token)
+
+    @property
+    def stepped_up(self) -> bool:
+        return self.step_up_valid_until is not None and self.step_up_valid_until > datetime.now(UTC)
 
 
 class ServiceClients:
@@ -52,6 +61,7 @@ class ServiceClients:
         self._own_tokens = ServiceTokenProvider(
             TokenSigner.from_keys_dir(auth.keys_dir, GATEWAY_ISSUER, auth.token_ttl_seconds)
         )
+        # Uploads and downloads stream for longer than a plain call.
         self._channels: list[grpc.aio.Channel] = [
             open_channel(target, lambda: None, timeout)
             for target in (
@@ -61,6 +71,7 @@ class ServiceClients:
                 settings.billing_target,
             )
         ]
+        self.transfer_timeout = settings.transfer_timeout_seconds
         self.identity = identity_pb2_grpc.IdentityServiceStub(self._channels[0])
         self.dossier = dossier_pb2_grpc.DossierServiceStub(self._channels[1])
         self.matching = matching_pb2_grpc.MatchingServiceStub(self._channels[2])

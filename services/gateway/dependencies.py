@@ -8,7 +8,6 @@ from fastapi import Depends, HTTPException, Request
 from secondopinion.identity.v1 import identity_pb2
 
 from services.gateway.clients import Caller, ServiceClients
-from services.shared.protoconv import pb_enum_to_code
 
 
 def get_clients(request: Request) -> ServiceClients:
@@ -34,12 +33,9 @@ async def get_caller(request: Request, clients: ClientsDep) -> Caller:
     session = await clients.identity.ValidateSession(
         identity_pb2.ValidateSessionRequest(session_token=token), metadata=clients.as_gateway()
     )
-    return Caller(
-        account_id=session.account_id,
-        role=pb_enum_to_code(identity_pb2.AccountRole, session.role),
-        session_id=session.session_id,
-        internal_token=session.internal_token,
-    )
+    from services.gateway.web.page import caller_from_session
+
+    return caller_from_session(session)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

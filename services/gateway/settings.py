@@ -25,3 +25,8 @@ class GatewaySettings(BaseSettings):
     secret_key: str = ""
     # Link to a case in the Temporal Web UI for coordinators.
     temporal_ui_url: str = "http://127.0.0.1:8233"
+    # Largest upload accepted (the dossier's own limit is the same by default); enforced
+    # while the body streams in, before it is parsed.
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    # Deadline on uploads and downloads streamed to and from the services.
+    transfer_timeout_seconds: float = Field(default=300.0, gt=0, le=3600)

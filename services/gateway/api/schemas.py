@@ -59,3 +59,111 @@ class ReferentDoctorOut(BaseModel):
 class ReferentDoctorPage(BaseModel):
     doctors: list[ReferentDoctorOut]
     next_page_token: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
+    400: {"description": "Invalid request", "content": _PROBLEM},
+    401: {"description": "Authentication required", "content": _PROBLEM},
+    403: {"description": "Not allowed (or a fresh code is needed)", "content": _PROBLEM},
+    404: {"description": "Not found (or not yours)", "content": _PROBLEM},
+    409: {"description": "Conflicts with the current state", "content": _PROBLEM},
+    422: {"description": "Invalid or missing fields", "content": _PROBLEM},
+    429: {"description": "Too many requests (see Retry-After)", "content": _PROBLEM},
+    501: {"description": "Not available yet", "content": _PROBLEM},
+    503: {"description": "A service is temporarily unavailable (see Retry-After)", "content": _PROBLEM},
+}
+
+
+class CaseList(BaseModel):
+    cases: list[CaseOut]
+    next_page_token: str
+
+
+class DocumentOut(BaseModel):
+    document_id: str
+    case_id: str
+    purpose: str
+    file_name: str
+    content_type: str
+    size_bytes: int
+    status: str
+    source: str
+    uploaded_at: datetime
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentOut]
+    next_page_token: str
+
+
+class MessageOut(BaseModel):
+    message_id: str
+    case_id: str
+    kind: str
+    body: str
+    mine: bool
+    hidden: bool
+    sent_at: datetime
+    in_reply_to_message_id: str
+
+
+class MessageList(BaseModel):
+    messages: list[MessageOut]
+    next_page_token: str
+
+
+class MessageCreate(StrictBody):
+    body: str = Field(min_length=1, max_length=20_000)
+    in_reply_to_message_id: str = Field(default="", max_length=64)
+
+
+class ReportOut(BaseModel):
+    report_id: str
+    case_id: str
+    kind: str
+    status: str
+    body: str
+    sealed_at: datetime | None
+    seal_sha256_hex: str
+
+
+class ReportList(BaseModel):
+    reports: list[ReportOut]
+
+
+class InvoiceOut(BaseModel):
+    invoice_id: str
+    invoice_number: str
+    kind: str
+    case_id: str
+    total_amount_cents: int
+    currency: str
+    issued_at: datetime
+
+
+class InvoiceList(BaseModel):
+    invoices: list[InvoiceOut]
+    next_page_token: str
+
+
+class OfferOut(BaseModel):
+    offer_id: str
+    case_id: str
+    status: str
+    therapeutic_area: str
+    respond_by: datetime | None
+    review_deadline_at: datetime | None
+
+
+class OfferList(BaseModel):
+    offers: list[OfferOut]

@@ -6,163 +6,33 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated
 
 import grpc
-from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
-from secondopinion.dossier.v1 import dossier_pb2
+from fastapi import APIRouter, Form
+from fastapi.responses import HTMLResponse, Response
 from secondopinion.identity.v1 import identity_pb2
-from secondopinion.matching.v1 import matching_pb2
-from temporalio.common import WorkflowIDConflictPolicy
 
-from services.dossier.catalog import therapeutic_area_codes
-from services.gateway.clients import Caller, ServiceClients
-from services.gateway.dependencies import get_clients
-from services.gateway.web.i18n import LANG_COOKIE, SUPPORTED, pick_locale, translator
-from services.gateway.web.security import CSRF_COOKIE, CsrfProtection, RateLimiter
+from services.gateway.clients import ServiceClients
+from services.gateway.web.page import (
+    COOKIE_CHOICE,
+    COOKIE_CHOICE_MAX_AGE,
+    ClientsDep,
+    Page,
+    PageDep,
+    client_info,
+)
 from services.shared.protoconv import code_to_pb_enum, pb_enum_to_code
-from services.shared.settings import Environment
-from workflows.case.models import CaseWorkflowInput, case_workflow_id
-from workflows.case.workflow import CaseWorkflow
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 LOGIN_COOKIE = "so_login"
-COOKIE_CHOICE = "so_cookie_choice"
-COOKIE_CHOICE_MAX_AGE = 13 * 30 * 24 * 3600  # CNS-09: consent choices kept 13 months
 LOGIN_COOKIE_MAX_AGE = 3 * 3600  # the SMS code's validity
-ClientsDep = Annotated[ServiceClients, Depends(get_clients)]
 
 router = APIRouter(include_in_schema=False)
 
 
-R = TypeVar("R", bound=Response)
-
-
-class Page:
-    """Per-request rendering context: locale, CSRF token, the signed-in caller."""
-
-    def __init__(self, request: Request, caller: Caller | None) -> None:
-        self.request = request
-        self.caller = caller
-        self.locale = pick_locale(
-            request.query_params.get("lang") or request.cookies.get(LANG_COOKIE),
-            request.headers.get("accept-language"),
-        )
-        self.t = translator(self.locale)
-        self.csrf: CsrfProtection = request.app.state.csrf
-        self.csrf_cookie = request.cookies.get(CSRF_COOKIE) or CsrfProtection.new_cookie_value()
-
-    @property
-    def secure_cookies(self) -> bool:
-        return bool(self.request.app.state.settings.environment is Environment.PRODUCTION)
-
-    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        response: HTMLResponse = TEMPLATES.TemplateResponse(
-            self.request,
-            template,
-            {
-                "locale": self.locale,
-                "t": self.t,
-                "caller": self.caller,
-                "csrf_token": self.csrf.form_token(self.csrf_cookie),
-                "show_cookie_banner": COOKIE_CHOICE not in self.request.cookies,
-                **context,
-            },
-            status_code=status,
-        )
-        return self.finish(response)
-
-    def redirect(self, url: str) -> RedirectResponse:
-        return self.finish(RedirectResponse(url, status_code=303))
-
-    def finish(self, response: R) -> R:
-        self.set_cookie(response, CSRF_COOKIE, self.csrf_cookie, samesite="strict")
-        if self.request.query_params.get("lang") in SUPPORTED:
-            self.set_cookie(response, LANG_COOKIE, self.locale, max_age=COOKIE_CHOICE_MAX_AGE)
-        return response
-
-    def set_cookie(
-        self,
-        response: Response,
-        name: str,
-        value: str,
-        max_age: int | None = None,
-        samesite: Literal["lax", "strict"] = "lax",
-    ) -> None:
-        response.set_cookie(
-            name,
-            value,
-            max_age=max_age,
-            httponly=True,
-            secure=self.secure_cookies,
-            samesite=samesite,
-            path="/",
-        )
-
-    def csrf_ok(self, submitted: str | None) -> bool:
-        origin = self.request.headers.get("origin")
-        if origin and origin != f"{self.request.url.scheme}://{self.request.url.netloc}":
-            return False
-        return self.csrf.is_valid(self.request.cookies.get(CSRF_COOKIE), submitted)
-
-    def too_many(self, action: str) -> HTMLResponse | None:
-        limiter: RateLimiter = self.request.app.state.rate_limiter
-        client = self.request.client.host if self.request.client else "unknown"
-        wait = limiter.check(action, client)
-        if not wait:
-            return None
-        response = self.render("message.html", status=429, error=self.t("too_many", seconds=wait))
-        response.headers["Retry-After"] = str(wait)
-        return response
-
-    def forbidden(self) -> HTMLResponse:
-        return self.render("message.html", status=403, error="CSRF")
-
-
-def client_info(request: Request) -> identity_pb2.ClientInfo:
-    """Evidence and connection logs (kept 1 year): where the request came from."""
-    return identity_pb2.ClientInfo(
-        ip_address=request.client.host if request.client else "",
-        user_agent=request.headers.get("user-agent", "")[:512],
-    )
-
-
-async def current_caller(request: Request, clients: ClientsDep) -> Caller | None:
-    token = request.cookies.get(request.app.state.settings.session_cookie_name, "")
-    if not token:
-        return None
-    try:
-        session = await clients.identity.ValidateSession(
-            identity_pb2.ValidateSessionRequest(session_token=token), metadata=clients.as_gateway()
-        )
-    except grpc.aio.AioRpcError as error:
-        if error.code() == grpc.StatusCode.UNAUTHENTICATED:
-            return None
-        raise
-    return Caller(
-        account_id=session.account_id,
-        role=pb_enum_to_code(identity_pb2.AccountRole, session.role),
-        session_id=session.session_id,
-        internal_token=session.internal_token,
-    )
-
-
-CallerOrNone = Annotated[Caller | None, Depends(current_caller)]
-
-
-def page(request: Request, caller: CallerOrNone) -> Page:
-    return Page(request, caller)
-
-
-PageDep = Annotated[Page, Depends(page)]
-
-
 @router.get("/", response_class=HTMLResponse)
 async def home(p: PageDep) -> Response:
-    return p.redirect("/dashboard") if p.caller else p.render("home.html")
+    return p.redirect(p.role_home()) if p.caller else p.render("home.html")
 
 
 @router.post("/cookies")
@@ -295,7 +165,9 @@ async def login_code_submit(
             samesite="strict",
         )
         return response
-    response = p.redirect("/dashboard?login=1")
+    # The emergency warning greets every login (CASE-07), whatever the portal.
+    target = "/account/totp" if verified.must_enrol_totp else "/home?login=1"
+    response = p.redirect(target)
     p.set_cookie(response, p.request.app.state.settings.session_cookie_name, verified.session_token)
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response
@@ -434,115 +306,10 @@ def _login_error(p: Page, error: grpc.aio.AioRpcError) -> str:
     return p.t("unavailable")
 
 
-def _case_view(case: dossier_pb2.Case) -> dict[str, str]:
-    return {
-        "case_id": case.case_id,
-        "reference": case.case_reference or case.case_id[:8].upper(),
-        "therapeutic_area": case.therapeutic_area,
-        "status": pb_enum_to_code(dossier_pb2.CaseStatus, case.status),
-        "purpose": pb_enum_to_code(dossier_pb2.CasePurpose, case.purpose),
-        "created_at": case.created_at.ToDatetime().strftime("%d/%m/%Y"),
-    }
-
-
-@router.get("/dashboard", response_class=HTMLResponse)
-async def dashboard(p: PageDep, clients: ClientsDep) -> Response:
+@router.get("/home", response_class=HTMLResponse)
+async def home_after_login(p: PageDep) -> Response:
+    """Sends each role to its portal, carrying the login flag for the emergency warning."""
     if p.caller is None:
         return p.redirect("/login")
-    listed = await clients.dossier.ListCases(
-        dossier_pb2.ListCasesRequest(scope=dossier_pb2.CASE_LIST_SCOPE_MINE, page_size=50),
-        metadata=p.caller.metadata,
-    )
-    return p.render(
-        "dashboard.html",
-        cases=[_case_view(case) for case in listed.cases],
-        just_logged_in=p.request.query_params.get("login") == "1",
-    )
-
-
-@router.get("/cases/new", response_class=HTMLResponse)
-async def new_case_form(p: PageDep, clients: ClientsDep) -> Response:
-    if p.caller is None:
-        return p.redirect("/login")
-    listed = await clients.matching.ListReferentDoctors(
-        matching_pb2.ListReferentDoctorsRequest(page_size=100), metadata=p.caller.metadata
-    )
-    doctors = [
-        {
-            "doctor_id": d.doctor_id,
-            "display_name": d.display_name,
-            "areas": ", ".join(p.t("area_" + area) for area in d.therapeutic_areas),
-        }
-        for d in listed.doctors
-    ]
-    return p.render(
-        "case_new.html",
-        areas=sorted(therapeutic_area_codes()),
-        doctors=doctors,
-        idempotency_key=str(uuid.uuid4()),
-    )
-
-
-@router.post("/cases/new")
-async def new_case_submit(
-    p: PageDep,
-    clients: ClientsDep,
-    filing_capacity: Annotated[str, Form(max_length=40)],
-    therapeutic_area: Annotated[str, Form(max_length=64)],
-    purpose: Annotated[str, Form(max_length=40)],
-    doctor_choice_mode: Annotated[str, Form(max_length=20)],
-    idempotency_key: Annotated[str, Form(min_length=8, max_length=100)],
-    chosen_doctor_ids: Annotated[list[str] | None, Form()] = None,
-    csrf_token: Annotated[str, Form()] = "",
-) -> Response:
-    if p.caller is None:
-        return p.redirect("/login")
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
-    if limited := p.too_many("case_submission"):
-        return limited
-    try:
-        created = await clients.dossier.CreateCase(
-            dossier_pb2.CreateCaseRequest(
-                idempotency_key=idempotency_key,
-                filing_capacity=code_to_pb_enum(dossier_pb2.FilingCapacity, filing_capacity),
-                therapeutic_area=therapeutic_area,
-                purpose=code_to_pb_enum(dossier_pb2.CasePurpose, purpose),
-                doctor_choice_mode=code_to_pb_enum(dossier_pb2.DoctorChoiceMode, doctor_choice_mode),
-                chosen_doctor_ids=chosen_doctor_ids or [],
-            ),
-            metadata=p.caller.metadata,
-        )
-    except grpc.aio.AioRpcError as error:
-        if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
-            raise
-        return p.render("message.html", status=400, error=p.t("form_error", detail=error.details() or ""))
-    case = created.case
-    if clients.temporal is not None:
-        await clients.temporal.start_workflow(
-            CaseWorkflow.run,
-            CaseWorkflowInput(
-                case_id=case.case_id,
-                therapeutic_area=case.therapeutic_area,
-                doctor_choice_mode=doctor_choice_mode,
-            ),
-            id=case_workflow_id(case.case_id),
-            task_queue=clients.temporal_task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        )
-    return p.redirect(f"/cases/{case.case_id}")
-
-
-@router.get("/cases/{case_id}", response_class=HTMLResponse)
-async def case_page(case_id: str, p: PageDep, clients: ClientsDep) -> Response:
-    if p.caller is None:
-        return p.redirect("/login")
-    try:
-        response = await clients.dossier.GetCase(
-            dossier_pb2.GetCaseRequest(case_id=case_id), metadata=p.caller.metadata
-        )
-    except grpc.aio.AioRpcError as error:
-        if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-            return p.render("message.html", status=404, error="404")
-        raise
-    return p.render("case.html", case=_case_view(response.case))
+    suffix = "?login=1" if p.request.query_params.get("login") == "1" else ""
+    return p.redirect(p.role_home() + suffix)

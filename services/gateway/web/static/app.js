@@ -3,14 +3,48 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const form of document.querySelectorAll("form[data-upload]")) {
     form.addEventListener("submit", (event) => {
       const progress = form.querySelector("progress");
+      const error = form.querySelector(".upload-error");
+      const input = form.querySelector("input[type=file]");
+      const max = Number(form.dataset.maxBytes || 0);
+      const show = (text) => {
+        if (!error) return;
+        error.textContent = text;
+        error.hidden = false;
+        error.focus();
+      };
+      if (error) error.hidden = true;
+      if (input && input.files.length && max && input.files[0].size > max) {
+        event.preventDefault();
+        show(document.documentElement.lang === "en"
+          ? `The file is too large (${Math.round(max / 1048576)} MB at most).`
+          : `Le fichier est trop volumineux (${Math.round(max / 1048576)} Mo au maximum).`);
+        return;
+      }
       if (!progress || !window.XMLHttpRequest) return;
       event.preventDefault();
       const request = new XMLHttpRequest();
       request.open("POST", form.action);
+      request.setRequestHeader("Accept", "application/json");
+      progress.hidden = false;
+      progress.value = 0;
       request.upload.addEventListener("progress", (e) => {
         if (e.lengthComputable) progress.value = Math.round((e.loaded / e.total) * 100);
       });
-      request.addEventListener("load", () => { window.location.href = request.responseURL || window.location.href; });
+      request.addEventListener("load", () => {
+        if (request.status < 400) {
+          progress.value = 100;
+          window.location.href = request.responseURL || window.location.href;
+          return;
+        }
+        progress.hidden = true;
+        let text = "";
+        try { text = JSON.parse(request.responseText).error; } catch (_) { text = ""; }
+        show(text || (document.documentElement.lang === "en" ? "The upload failed." : "L'envoi a échoué."));
+      });
+      request.addEventListener("error", () => {
+        progress.hidden = true;
+        show(document.documentElement.lang === "en" ? "The upload failed: check your connection." : "L'envoi a échoué : vérifiez votre connexion.");
+      });
       request.send(new FormData(form));
     });
   }
