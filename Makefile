@@ -38,6 +38,7 @@ migrate: venv
 
 # The whole platform with embedded defaults; Ctrl-C stops everything.
 run: venv proto
+	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES="clamav-daemon fonts-dejavu-core"
 	$(PY) -m deploy.devstack
 
 test: venv system-deps

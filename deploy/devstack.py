@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -35,6 +36,8 @@ from workflows.settings import CodecServerSettings
 
 ISSUERS = ("identity", "gateway", "worker", "ops", "billing")
 PR_SET_PDEATHSIG = 1
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+DEBIAN_SIGNATURES = Path("/var/lib/clamav")
 
 
 class DevstackSettings(BaseSettings):
@@ -73,6 +76,7 @@ class Devstack:
     def __init__(self, settings: DevstackSettings) -> None:
         self.settings = settings
         self.children: list[Child] = []
+        self.extra_env: dict[str, str] = {}
         self.logs = settings.var_dir / "devstack-logs"
 
     def service_ports(self) -> dict[str, int]:
@@ -100,6 +104,7 @@ class Devstack:
             env[f"GATEWAY_{service.upper()}_TARGET"] = f"127.0.0.1:{port}"
         s = self.settings
         gateway_url = f"http://127.0.0.1:{s.gateway_port}"
+        env.update(self.extra_env)
         env["GATEWAY_PORT"] = str(s.gateway_port)
         # Links in emails point at the gateway; every sender must agree on its address.
         env["NOTIFICATIONS_PUBLIC_BASE_URL"] = gateway_url
@@ -148,6 +153,40 @@ class Devstack:
             start_new_session=True,  # the terminal's Ctrl-C reaches us; we stop children in order
         )
         self.children.append(Child(name, process))
+
+    def start_clamd(self) -> str | None:
+        """The dossier's malware scanner. Debian's signature database when present; else a
+        development database that knows only the EICAR test file (downloads are impossible
+        here), so uploads still go through the real scan-then-release path."""
+        clamd = shutil.which("clamd") or "/usr/sbin/clamd"
+        if not Path(clamd).exists():
+            print(
+                "  clamd not installed (apt-get install clamav-daemon): uploads stay quarantined", flush=True
+            )
+            return None
+        folder = self.settings.var_dir / "clamav"
+        database = folder / "db"
+        database.mkdir(parents=True, exist_ok=True)
+        if any(DEBIAN_SIGNATURES.glob("*.c[vl]d")):
+            database = DEBIAN_SIGNATURES
+        else:
+            (database / "eicar.hdb").write_text(f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:Test.EICAR\n")  # noqa: S324 - signature format
+        socket = folder / "clamd.sock"
+        socket.unlink(missing_ok=True)
+        (folder / "clamd.conf").write_text(
+            f"LocalSocket {socket}\nDatabaseDirectory {database}\nForeground yes\n"
+            f"LogFile {folder / 'clamd.log'}\nStreamMaxLength 256M\nMaxScanSize 256M\nMaxFileSize 256M\n"
+        )
+        self.spawn("clamd", [clamd, f"--config-file={folder / 'clamd.conf'}"])
+        return str(socket)
+
+    async def wait_socket(self, name: str, path: str) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_seconds
+        while not os.path.exists(path):  # noqa: ASYNC240 - a stat, polled
+            self.check_children()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not open {path}")
+            await asyncio.sleep(0.2)
 
     def start_temporal(self) -> None:
         cli = shutil.which("temporal", path=str(Path(sys.executable).parent)) or shutil.which("temporal")
@@ -247,6 +286,10 @@ class Devstack:
         self.spawn("smtp-catcher", [sys.executable, "-m", "services.notifications.dev_smtp"])
         self.spawn("psp-sandbox", [sys.executable, "-m", "services.billing.psp.sandbox"])
         self.spawn("codec-server", [sys.executable, "-m", "workflows.codec_server"])
+        clamd_socket = self.start_clamd()
+        if clamd_socket:
+            self.extra_env["DOSSIER_CLAMD_ADDRESS"] = clamd_socket
+            await self.wait_socket("clamd", clamd_socket)
         await self.wait_tcp("smtp-catcher", self.settings.smtp_catcher_port)
         await self.wait_tcp("psp-sandbox", self.settings.psp_sandbox_port)
         await self.wait_tcp("codec-server", self.settings.codec_server_port)
