@@ -13,6 +13,7 @@ from bench import (
     identity_login,
     matching_pick,
     notifications_delivery,
+    retention_sweep,
 )
 
 BENCHMARKS = {
@@ -23,6 +24,7 @@ BENCHMARKS = {
     "notifications_delivery": notifications_delivery.run,
     "case_throughput": case_throughput.run,
     "dossier_transfer": dossier_transfer.run,
+    "retention_sweep": retention_sweep.run,
 }
 
 

@@ -102,9 +102,11 @@ class Devstack:
             env[f"{service.upper()}_DATABASE_URL"] = self.database_url(service)
             env[f"WORKER_{service.upper()}_TARGET"] = f"127.0.0.1:{port}"
             env[f"GATEWAY_{service.upper()}_TARGET"] = f"127.0.0.1:{port}"
+            env[f"LIFECYCLE_{service.upper()}_TARGET"] = f"127.0.0.1:{port}"
         s = self.settings
         gateway_url = f"http://127.0.0.1:{s.gateway_port}"
         env.update(self.extra_env)
+        env["LIFECYCLE_EXPORT_DIR"] = str(s.var_dir / "exports")
         env["GATEWAY_PORT"] = str(s.gateway_port)
         # Links in emails point at the gateway; every sender must agree on its address.
         env["NOTIFICATIONS_PUBLIC_BASE_URL"] = gateway_url
@@ -299,6 +301,8 @@ class Devstack:
             await self.wait_grpc_serving(service, port)
             print(f"  {service:14} SERVING on 127.0.0.1:{port}", flush=True)
         self.spawn("worker", [sys.executable, "-m", "workflows.worker"])
+        # Retention clocks, rights requests and the daily retention sweep (a Temporal Schedule).
+        self.spawn("lifecycle-worker", [sys.executable, "-m", "workflows.lifecycle"])
         self.spawn("gateway", [sys.executable, "-m", "services.gateway"])
         await self.wait_http_ready(f"http://127.0.0.1:{self.settings.gateway_port}/readyz")
         if self.settings.seed_demo_data:

@@ -89,8 +89,8 @@ def test_make_run_brings_everything_up_and_ctrl_c_stops_it(tmp_path: Path) -> No
             assert ready.status_code == 200 and set(ready.json()["services"].values()) == {"SERVING"}
             assert httpx.get(f"http://127.0.0.1:{ports['ui']}/", timeout=5).status_code == 200
             children = children_of(process.pid)
-            # temporal, SMTP catcher, PSP sandbox, codec server, clamd, 5 services, worker, gateway
-            assert len(children) == 12, children
+            # temporal, SMTP catcher, PSP sandbox, codec server, clamd, 5 services, two workers, gateway
+            assert len(children) == 13, children
         finally:
             process.send_signal(signal.SIGINT)  # what Ctrl-C sends
             assert process.wait(timeout=60) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.shared.db import UTCDateTime, new_metadata
@@ -45,6 +45,14 @@ class Account(Base):
     closure_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
     closed_by_account_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     last_activity_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+# The retention sweep's keyset order (RET-02): clock, then id; pages stay index scans.
+Index(
+    "ix_accounts_retention_clock",
+    func.coalesce(Account.last_activity_at, Account.created_at),
+    Account.account_id,
+)
 
 
 class UserSession(Base):
@@ -237,6 +245,93 @@ class AuthenticationEvent(Base):
     session_id: Mapped[str] = mapped_column(String(36), default="")
     ip_address: Mapped[str] = mapped_column(String(64), default="")
     user_agent: Mapped[str] = mapped_column(String(512), default="")
+
+
+class RightsRequestRecord(Base):
+    """A data-subject rights request or complaint (GDPR-01 to GDPR-08). Free text and the
+    named doctor are sealed with the subject's data key (gone with it at purge)."""
+
+    __tablename__ = "rights_requests"
+    __table_args__ = (Index("ix_rights_requests_received", "received_at"),)
+
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(36), index=True)
+    kind: Mapped[str] = mapped_column(String(48))
+    channel: Mapped[str] = mapped_column(String(32))
+    identity_verification: Mapped[str] = mapped_column(String(40))
+    identity_proof_document_id: Mapped[str] = mapped_column(String(64), default="")
+    recorded_by_account_id: Mapped[str] = mapped_column(String(36), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    extended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    extension_months: Mapped[int] = mapped_column(Integer, default=0)
+    extension_reason: Mapped[str] = mapped_column(String(32), default="")
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(40), default="")
+    answer_document_id: Mapped[str] = mapped_column(String(64), default="")
+    sealed_details: Mapped[str] = mapped_column(Text, default="")
+    # RET-06: archived 5 years after the request (then out of day-to-day reach).
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class LegalHoldRecord(Base):
+    """While a hold is active (released_at NULL) every retention clock of the subject stops."""
+
+    __tablename__ = "legal_holds"
+
+    legal_hold_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(36), index=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    external_reference: Mapped[str] = mapped_column(String(128), default="")
+    placed_by_account_id: Mapped[str] = mapped_column(String(36))
+    placed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    released_by_account_id: Mapped[str] = mapped_column(String(36), default="")
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SubjectKey(Base):
+    """A subject's data key, wrapped by the service key. Deleting the row shreds every
+    ciphertext sealed with it (archives, rights-request details)."""
+
+    __tablename__ = "subject_keys"
+
+    subject_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    wrapped_key: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SubjectLifecycle(Base):
+    """Archive and purge state of a subject. The archive holds the subject's personal data
+    sealed with its data key; the purge report lists counts only (no personal data)."""
+
+    __tablename__ = "subject_lifecycle"
+    __table_args__ = (Index("ix_subject_lifecycle_stage_archived", "stage", "archived_at"),)
+
+    subject_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject_kind: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[str] = mapped_column(String(16))
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    archive_reason: Mapped[str] = mapped_column(String(32), default="")
+    sealed_archive: Mapped[str] = mapped_column(Text, default="")
+    # What the archive step moved (counts only, JSON).
+    archive_report: Mapped[str] = mapped_column(Text, default="")
+    restricted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    purge_report: Mapped[str] = mapped_column(Text, default="")
+
+
+class ArchiveAccess(Base):
+    """RET-07: every read of archived data, by whom, why."""
+
+    __tablename__ = "archive_access_log"
+
+    access_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(36), index=True)
+    reader_account_id: Mapped[str] = mapped_column(String(36))
+    purpose: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[str] = mapped_column(String(128), default="")
+    read_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class IdempotencyRecord(IdempotencyRecordMixin, Base):

@@ -31,6 +31,7 @@ from services.identity.domain.context import Deps
 from services.identity.domain.events import Client, EventKind
 from services.identity.domain.evidence import AuthContext, ConsentKind, ObjectionKind, TextKind
 from services.identity.domain.factors import FactorKind, active_totp
+from services.identity.domain.lifecycle import SubjectKeys
 from services.identity.domain.sessions import (
     SessionPolicy,
     current_session,
@@ -39,6 +40,7 @@ from services.identity.domain.sessions import (
     list_open_sessions,
     validate_session,
 )
+from services.identity.lifecycle_servicer import LifecycleRpcs
 from services.identity.models import (
     Account,
     AuthenticationEvent,
@@ -205,7 +207,7 @@ def required(value: T | None, field: str) -> T:
     return value
 
 
-class IdentityServicer(pb_grpc.IdentityServiceServicer):
+class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -219,6 +221,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         self._signer = signer
         self._session_policy = session_policy
         self._deps = deps
+        self._subject_keys = SubjectKeys(deps.keys.subject_kek)
 
     # ------------------------------------------------------------ plumbing
 

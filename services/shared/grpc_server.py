@@ -69,6 +69,10 @@ class _Guard:
         if isinstance(exc, ServiceError):
             log.info("rpc refused", extra={"fields": {"method": method, "code": exc.status.name}})
             await context.abort(exc.status, exc.message)
+        if isinstance(exc, NotImplementedError):
+            # The generated base class's answer for an RPC a service does not implement yet:
+            # callers (workflows) must see UNIMPLEMENTED, not a retryable INTERNAL.
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented")
         log.error("rpc failed", exc_info=exc, extra={"fields": {"method": method}})
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

@@ -81,3 +81,11 @@ async def test_graceful_stop_lets_in_flight_calls_finish(server: Any) -> None:
         await grpc_server.stop()  # grace period 3 s
         await in_flight
     assert servicer.finished == 1
+
+
+async def test_an_rpc_a_service_does_not_implement_yet_answers_unimplemented(server: Any) -> None:
+    grpc_server, _, token = server
+    async with open_channel(grpc_server.target, lambda: token) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await billing_pb2_grpc.BillingServiceStub(channel).GetPrice(billing_pb2.GetPriceRequest())
+        assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -539,7 +539,7 @@ class LifecycleActivities:
     async def list_due(
         self, category: Category, as_of: datetime, page_size: int = 1000
     ) -> list[tuple[str, str]]:
-        """Every (subject id, kind) due in `category` at `as_of`, paged (keyset)."""
+        """Every (subject id, kind) due in `category` at `as_of`, paged (keyset, identity's maximum page)."""
         found: list[tuple[str, str]] = []
         token = ""
         while True:

@@ -215,6 +215,7 @@ class RightsRequestWorkflow:
         self._changed = False
         self._reminders: list[str] = []
         self._notices = 0
+        self._notified_months = 0
         self._fulfilment: FulfilResult | None = None
 
     @workflow.run
@@ -224,9 +225,10 @@ class RightsRequestWorkflow:
             await self._send_due_notices(data)
             wake = self._next_wake(data)
             self._changed = False
-            await workflow.wait_condition(
-                lambda: self._changed, timeout=max(wake - workflow.now(), timedelta(0))
-            )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._changed, timeout=max(wake - workflow.now(), timedelta(seconds=1))
+                )
             if not self._changed:
                 self._facts = await self._read(data.request_id)
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -281,10 +283,7 @@ class RightsRequestWorkflow:
     async def _send_due_notices(self, data: RightsRequestInput) -> None:
         assert self._facts is not None
         facts = self._facts
-        if facts.extension_months > self._notices:
-            # The person is told of the new deadline (GDPR art. 12.3).
-            await self._notify(facts, "PERSON_EXTENDED", facts.due_at, f"extended:{facts.extension_months}")
-            self._notices = facts.extension_months
+        await self._tell_extension(facts)
         now = workflow.now()
         for label, when in self._reminder_times(data):
             if label in self._reminders or when > now:
@@ -297,6 +296,13 @@ class RightsRequestWorkflow:
             if label not in self._reminders and when <= now and not label.endswith(":overdue:0"):
                 await self._notify(facts, "DPO_REMINDER", facts.due_at, f"reminder:{label}")
                 self._reminders.append(label)
+
+    async def _tell_extension(self, facts: RequestFacts) -> None:
+        """The person is told of each new deadline (GDPR art. 12.3), once."""
+        if facts.extension_months > self._notified_months:
+            await self._notify(facts, "PERSON_EXTENDED", facts.due_at, f"extended:{facts.extension_months}")
+            self._notified_months = facts.extension_months
+            self._notices += 1
 
     async def _notify(self, facts: RequestFacts, kind: str, date: datetime, step: str) -> None:
         await workflow.execute_activity(
@@ -328,11 +334,7 @@ class RightsRequestWorkflow:
             start_to_close_timeout=CALL,
             retry_policy=RETRY,
         )
-        if self._facts.extension_months > self._notices:
-            await self._notify(
-                self._facts, "PERSON_EXTENDED", self._facts.due_at, f"extended:{self._facts.extension_months}"
-            )
-            self._notices = self._facts.extension_months
+        await self._tell_extension(self._facts)
         self._changed = True
         return self._facts.due_at
 

@@ -44,6 +44,8 @@ class CodeKeys:
             raise ValueError("the code secret needs at least 32 bytes")
         self._mac_key = hmac.new(master, b"identity/codes/v1", hashlib.sha256).digest()
         self._totp_key = hmac.new(master, b"identity/totp-secrets/v1", hashlib.sha256).digest()
+        # Wraps the per-subject data keys (crypto-shredding, issue 10).
+        self.subject_kek = hmac.new(master, b"identity/subject-keys/v1", hashlib.sha256).digest()
 
     @classmethod
     def from_setting_or_signing_key(cls, secret: str, signing_key_pem: bytes) -> CodeKeys:

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from secondopinion.identity.v1 import identity_pb2 as secondopinion_dot_identity_dot_v1_dot_identity__pb2
+from secondopinion.identity.v1 import lifecycle_pb2 as secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -374,6 +375,21 @@ class IdentityServiceStub:
                 '/secondopinion.identity.v1.IdentityService/PurgeSubject',
                 request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.PurgeSubjectRequest.SerializeToString,
                 response_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.PurgeSubjectResponse.FromString,
+                _registered_method=True)
+        self.GetSubjectRetention = channel.unary_unary(
+                '/secondopinion.identity.v1.IdentityService/GetSubjectRetention',
+                request_serializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.GetSubjectRetentionRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.GetSubjectRetentionResponse.FromString,
+                _registered_method=True)
+        self.PurgeConnectionLogs = channel.unary_unary(
+                '/secondopinion.identity.v1.IdentityService/PurgeConnectionLogs',
+                request_serializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.PurgeConnectionLogsRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.PurgeConnectionLogsResponse.FromString,
+                _registered_method=True)
+        self.ReadArchivedSubject = channel.unary_unary(
+                '/secondopinion.identity.v1.IdentityService/ReadArchivedSubject',
+                request_serializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.ReadArchivedSubjectRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.ReadArchivedSubjectResponse.FromString,
                 _registered_method=True)
 
 
@@ -875,6 +891,29 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSubjectRetention(self, request, context):
+        """Reads where a subject stands in its lifecycle: clock start, stage, holds, restriction
+        (the retention workflows re-read it each time they wake; RET-02).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeConnectionLogs(self, request, context):
+        """Deletes connection logs and IP addresses older than a cut-off (at least 1 year; RET-04).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadArchivedSubject(self, request, context):
+        """Reads a subject's archived identity data: habilitated staff only, for a stated legal
+        reason; every read is logged (RET-07).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1217,6 +1256,21 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.PurgeSubject,
                     request_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.PurgeSubjectRequest.FromString,
                     response_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.PurgeSubjectResponse.SerializeToString,
+            ),
+            'GetSubjectRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubjectRetention,
+                    request_deserializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.GetSubjectRetentionRequest.FromString,
+                    response_serializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.GetSubjectRetentionResponse.SerializeToString,
+            ),
+            'PurgeConnectionLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeConnectionLogs,
+                    request_deserializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.PurgeConnectionLogsRequest.FromString,
+                    response_serializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.PurgeConnectionLogsResponse.SerializeToString,
+            ),
+            'ReadArchivedSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadArchivedSubject,
+                    request_deserializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.ReadArchivedSubjectRequest.FromString,
+                    response_serializer=secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.ReadArchivedSubjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -3056,6 +3110,87 @@ class IdentityService:
             '/secondopinion.identity.v1.IdentityService/PurgeSubject',
             secondopinion_dot_identity_dot_v1_dot_identity__pb2.PurgeSubjectRequest.SerializeToString,
             secondopinion_dot_identity_dot_v1_dot_identity__pb2.PurgeSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubjectRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.identity.v1.IdentityService/GetSubjectRetention',
+            secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.GetSubjectRetentionRequest.SerializeToString,
+            secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.GetSubjectRetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeConnectionLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.identity.v1.IdentityService/PurgeConnectionLogs',
+            secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.PurgeConnectionLogsRequest.SerializeToString,
+            secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.PurgeConnectionLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadArchivedSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.identity.v1.IdentityService/ReadArchivedSubject',
+            secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.ReadArchivedSubjectRequest.SerializeToString,
+            secondopinion_dot_identity_dot_v1_dot_lifecycle__pb2.ReadArchivedSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,6 +17,7 @@ Conventions for the whole platform:
 from collections import abc as _abc
 from grpc import aio as _aio
 from secondopinion.identity.v1 import identity_pb2 as _identity_pb2
+from secondopinion.identity.v1 import lifecycle_pb2 as _lifecycle_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -214,6 +215,16 @@ class IdentityServiceStub:
     """Purges a subject's identity data (crypto-shredding plus deletion); what the law
     requires to keep is restricted instead and listed (GDPR-03, RET-02).
     """
+    GetSubjectRetention: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.GetSubjectRetentionRequest, _lifecycle_pb2.GetSubjectRetentionResponse]
+    """Reads where a subject stands in its lifecycle: clock start, stage, holds, restriction
+    (the retention workflows re-read it each time they wake; RET-02).
+    """
+    PurgeConnectionLogs: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.PurgeConnectionLogsRequest, _lifecycle_pb2.PurgeConnectionLogsResponse]
+    """Deletes connection logs and IP addresses older than a cut-off (at least 1 year; RET-04)."""
+    ReadArchivedSubject: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.ReadArchivedSubjectRequest, _lifecycle_pb2.ReadArchivedSubjectResponse]
+    """Reads a subject's archived identity data: habilitated staff only, for a stated legal
+    reason; every read is logged (RET-07).
+    """
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -389,6 +400,16 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     PurgeSubject: _aio.UnaryUnaryMultiCallable[_identity_pb2.PurgeSubjectRequest, _identity_pb2.PurgeSubjectResponse]  # type: ignore[assignment]
     """Purges a subject's identity data (crypto-shredding plus deletion); what the law
     requires to keep is restricted instead and listed (GDPR-03, RET-02).
+    """
+    GetSubjectRetention: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.GetSubjectRetentionRequest, _lifecycle_pb2.GetSubjectRetentionResponse]  # type: ignore[assignment]
+    """Reads where a subject stands in its lifecycle: clock start, stage, holds, restriction
+    (the retention workflows re-read it each time they wake; RET-02).
+    """
+    PurgeConnectionLogs: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.PurgeConnectionLogsRequest, _lifecycle_pb2.PurgeConnectionLogsResponse]  # type: ignore[assignment]
+    """Deletes connection logs and IP addresses older than a cut-off (at least 1 year; RET-04)."""
+    ReadArchivedSubject: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.ReadArchivedSubjectRequest, _lifecycle_pb2.ReadArchivedSubjectResponse]  # type: ignore[assignment]
+    """Reads a subject's archived identity data: habilitated staff only, for a stated legal
+    reason; every read is logged (RET-07).
     """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -970,6 +991,34 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_pb2.PurgeSubjectResponse, _abc.Awaitable[_identity_pb2.PurgeSubjectResponse]]:
         """Purges a subject's identity data (crypto-shredding plus deletion); what the law
         requires to keep is restricted instead and listed (GDPR-03, RET-02).
+        """
+
+    @_abc_1.abstractmethod
+    def GetSubjectRetention(
+        self,
+        request: _lifecycle_pb2.GetSubjectRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lifecycle_pb2.GetSubjectRetentionResponse, _abc.Awaitable[_lifecycle_pb2.GetSubjectRetentionResponse]]:
+        """Reads where a subject stands in its lifecycle: clock start, stage, holds, restriction
+        (the retention workflows re-read it each time they wake; RET-02).
+        """
+
+    @_abc_1.abstractmethod
+    def PurgeConnectionLogs(
+        self,
+        request: _lifecycle_pb2.PurgeConnectionLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lifecycle_pb2.PurgeConnectionLogsResponse, _abc.Awaitable[_lifecycle_pb2.PurgeConnectionLogsResponse]]:
+        """Deletes connection logs and IP addresses older than a cut-off (at least 1 year; RET-04)."""
+
+    @_abc_1.abstractmethod
+    def ReadArchivedSubject(
+        self,
+        request: _lifecycle_pb2.ReadArchivedSubjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lifecycle_pb2.ReadArchivedSubjectResponse, _abc.Awaitable[_lifecycle_pb2.ReadArchivedSubjectResponse]]:
+        """Reads a subject's archived identity data: habilitated staff only, for a stated legal
+        reason; every read is logged (RET-07).
         """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,9 +6,11 @@ requests, legal holds and the retention clocks of each subject. The RPCs that us
 are declared on IdentityService in identity.proto.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -373,6 +375,62 @@ RETENTION_LEGAL_BASIS_RIGHTS_REQUEST_RECORD: RetentionLegalBasis.ValueType  # 4
 """Records of the rights request itself (RET-06)."""
 Global___RetentionLegalBasis: _TypeAlias = RetentionLegalBasis  # noqa: Y015
 
+class _SubjectStage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SubjectStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SubjectStage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SUBJECT_STAGE_UNSPECIFIED: _SubjectStage.ValueType  # 0
+    """Not set; never returned."""
+    SUBJECT_STAGE_ACTIVE: _SubjectStage.ValueType  # 1
+    """Within day-to-day reach; the active clock runs."""
+    SUBJECT_STAGE_ARCHIVED: _SubjectStage.ValueType  # 2
+    """Archived (RET-07); the archive clock runs."""
+    SUBJECT_STAGE_PURGED: _SubjectStage.ValueType  # 3
+    """Purged: nothing is left but the purge record."""
+
+class SubjectStage(_SubjectStage, metaclass=_SubjectStageEnumTypeWrapper):
+    """Where a subject stands in its data lifecycle."""
+
+SUBJECT_STAGE_UNSPECIFIED: SubjectStage.ValueType  # 0
+"""Not set; never returned."""
+SUBJECT_STAGE_ACTIVE: SubjectStage.ValueType  # 1
+"""Within day-to-day reach; the active clock runs."""
+SUBJECT_STAGE_ARCHIVED: SubjectStage.ValueType  # 2
+"""Archived (RET-07); the archive clock runs."""
+SUBJECT_STAGE_PURGED: SubjectStage.ValueType  # 3
+"""Purged: nothing is left but the purge record."""
+Global___SubjectStage: _TypeAlias = SubjectStage  # noqa: Y015
+
+class _ArchiveReadPurpose:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArchiveReadPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArchiveReadPurpose.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARCHIVE_READ_PURPOSE_UNSPECIFIED: _ArchiveReadPurpose.ValueType  # 0
+    """Not set; refused by the server."""
+    ARCHIVE_READ_PURPOSE_LITIGATION: _ArchiveReadPurpose.ValueType  # 1
+    """Litigation or a judicial request."""
+    ARCHIVE_READ_PURPOSE_REGULATOR_INQUIRY: _ArchiveReadPurpose.ValueType  # 2
+    """A supervisory authority's inquiry."""
+    ARCHIVE_READ_PURPOSE_RIGHTS_REQUEST: _ArchiveReadPurpose.ValueType  # 3
+    """Answering a rights request about archived data."""
+
+class ArchiveReadPurpose(_ArchiveReadPurpose, metaclass=_ArchiveReadPurposeEnumTypeWrapper):
+    """Why archived data is read (RET-07: legal needs only)."""
+
+ARCHIVE_READ_PURPOSE_UNSPECIFIED: ArchiveReadPurpose.ValueType  # 0
+"""Not set; refused by the server."""
+ARCHIVE_READ_PURPOSE_LITIGATION: ArchiveReadPurpose.ValueType  # 1
+"""Litigation or a judicial request."""
+ARCHIVE_READ_PURPOSE_REGULATOR_INQUIRY: ArchiveReadPurpose.ValueType  # 2
+"""A supervisory authority's inquiry."""
+ARCHIVE_READ_PURPOSE_RIGHTS_REQUEST: ArchiveReadPurpose.ValueType  # 3
+"""Answering a rights request about archived data."""
+Global___ArchiveReadPurpose: _TypeAlias = ArchiveReadPurpose  # noqa: Y015
+
 @_typing.final
 class RightsRequest(_message.Message):
     """A recorded data-subject rights request or complaint (GDPR-08, RET-06)."""
@@ -628,3 +686,199 @@ class RetainedDataItem(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetainedDataItem: _TypeAlias = RetainedDataItem  # noqa: Y015
+
+@_typing.final
+class GetSubjectRetentionRequest(_message.Message):
+    """Request of GetSubjectRetention."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """Subject (account, prospect or rights request id)."""
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubjectRetentionRequest: _TypeAlias = GetSubjectRetentionRequest  # noqa: Y015
+
+@_typing.final
+class GetSubjectRetentionResponse(_message.Message):
+    """Response of GetSubjectRetention."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_KIND_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    CLOCK_STARTED_AT_FIELD_NUMBER: _builtins.int
+    ARCHIVED_AT_FIELD_NUMBER: _builtins.int
+    PURGED_AT_FIELD_NUMBER: _builtins.int
+    LEGAL_HOLD_FIELD_NUMBER: _builtins.int
+    RESTRICTED_FIELD_NUMBER: _builtins.int
+    CONVERTED_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """The subject id."""
+    subject_kind: Global___SubjectKind.ValueType
+    """What kind of subject it is."""
+    stage: Global___SubjectStage.ValueType
+    """Where it stands."""
+    legal_hold: _builtins.bool
+    """True while at least one legal hold is in force: every clock is stopped."""
+    restricted: _builtins.bool
+    """True while processing is restricted (GDPR-04)."""
+    converted: _builtins.bool
+    """For a prospect: true once they created an account (the account's clock takes over)."""
+    @_builtins.property
+    def clock_started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the active clock last started (last activity, last email, request received)."""
+
+    @_builtins.property
+    def archived_at(self) -> _timestamp_pb2.Timestamp:
+        """When the subject was archived (unset while active)."""
+
+    @_builtins.property
+    def purged_at(self) -> _timestamp_pb2.Timestamp:
+        """When the subject was purged (unset unless purged)."""
+
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        subject_kind: Global___SubjectKind.ValueType = ...,
+        stage: Global___SubjectStage.ValueType = ...,
+        clock_started_at: _timestamp_pb2.Timestamp | None = ...,
+        archived_at: _timestamp_pb2.Timestamp | None = ...,
+        purged_at: _timestamp_pb2.Timestamp | None = ...,
+        legal_hold: _builtins.bool = ...,
+        restricted: _builtins.bool = ...,
+        converted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["archived_at", b"archived_at", "clock_started_at", b"clock_started_at", "purged_at", b"purged_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_at", b"archived_at", "clock_started_at", b"clock_started_at", "converted", b"converted", "legal_hold", b"legal_hold", "purged_at", b"purged_at", "restricted", b"restricted", "stage", b"stage", "subject_id", b"subject_id", "subject_kind", b"subject_kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubjectRetentionResponse: _TypeAlias = GetSubjectRetentionResponse  # noqa: Y015
+
+@_typing.final
+class PurgeConnectionLogsRequest(_message.Message):
+    """Request of PurgeConnectionLogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    OLDER_THAN_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Idempotency key, derived from the sweep's scheduled time."""
+    @_builtins.property
+    def older_than(self) -> _timestamp_pb2.Timestamp:
+        """Logs and IP addresses older than this go; must be at least one year before now."""
+
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        older_than: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["older_than", b"older_than"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "older_than", b"older_than"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeConnectionLogsRequest: _TypeAlias = PurgeConnectionLogsRequest  # noqa: Y015
+
+@_typing.final
+class PurgeConnectionLogsResponse(_message.Message):
+    """Response of PurgeConnectionLogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURGED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def purged(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataItemCount]:
+        """What was deleted or blanked."""
+
+    def __init__(
+        self,
+        *,
+        purged: _abc.Iterable[Global___DataItemCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purged", b"purged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeConnectionLogsResponse: _TypeAlias = PurgeConnectionLogsResponse  # noqa: Y015
+
+@_typing.final
+class ReadArchivedSubjectRequest(_message.Message):
+    """Request of ReadArchivedSubject."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """Archived subject."""
+    purpose: Global___ArchiveReadPurpose.ValueType
+    """Why it is read."""
+    reference: _builtins.str
+    """Opaque reference of the legal matter (docket, inquiry, rights request id)."""
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        purpose: Global___ArchiveReadPurpose.ValueType = ...,
+        reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "reference", b"reference", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadArchivedSubjectRequest: _TypeAlias = ReadArchivedSubjectRequest  # noqa: Y015
+
+@_typing.final
+class ReadArchivedSubjectResponse(_message.Message):
+    """Response of ReadArchivedSubject."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARCHIVE_JSON_FIELD_NUMBER: _builtins.int
+    ARCHIVED_AT_FIELD_NUMBER: _builtins.int
+    ACCESS_LOG_ID_FIELD_NUMBER: _builtins.int
+    archive_json: _builtins.bytes
+    """The archived identity data (JSON), decrypted with the subject's key."""
+    access_log_id: _builtins.str
+    """Id of the access-log entry written for this read."""
+    @_builtins.property
+    def archived_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was archived."""
+
+    def __init__(
+        self,
+        *,
+        archive_json: _builtins.bytes = ...,
+        archived_at: _timestamp_pb2.Timestamp | None = ...,
+        access_log_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["archived_at", b"archived_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log_id", b"access_log_id", "archive_json", b"archive_json", "archived_at", b"archived_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadArchivedSubjectResponse: _TypeAlias = ReadArchivedSubjectResponse  # noqa: Y015
