@@ -10,6 +10,7 @@ from bench import (
     case_throughput,
     dossier_transfer,
     gateway_overhead,
+    gateway_pages,
     identity_login,
     matching_pick,
     notifications_delivery,
@@ -18,6 +19,7 @@ from bench import (
 
 BENCHMARKS = {
     "gateway_overhead": gateway_overhead.run,
+    "gateway_pages": gateway_pages.run,
     "identity_login": identity_login.run,
     "matching_pick": matching_pick.run,
     "billing_invoices": billing_invoices.run,

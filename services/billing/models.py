@@ -7,6 +7,7 @@ transaction id, authorisation number and error code, purged after 13 months (RET
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -316,3 +317,49 @@ class Refund(Base):
     credit_note_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ArchivedRecord(Base):
+    """A subject's billing record moved out of day-to-day reach (issue 10, RET-02/RET-07).
+
+    Orders, invoices and refunds are accounting records kept 10 years (BIL-09); payment
+    data (attempts, PSP notifications) 13 months from its own date (RET-05). After an
+    erasure request the rows stay here, restricted (`restricted_at`), until `retain_until`.
+    """
+
+    __tablename__ = "archived_records"
+    __table_args__ = (Index("ix_archived_records_category_record_at", "category", "record_at"),)
+
+    record_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(36), index=True)
+    # orders | invoices | refunds | payment_attempts | psp_notifications
+    category: Mapped[str] = mapped_column(String(32))
+    # The record's own date (order creation, invoice issue, payment attempt, ...).
+    record_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    retain_until: Mapped[datetime] = mapped_column(UTCDateTime())
+    archived_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    restricted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    payload: Mapped[dict[str, object]] = mapped_column(JSON)
+
+
+class SubjectRestriction(Base):
+    """GDPR-04: a subject whose billing data is restricted (kept, not otherwise processed)."""
+
+    __tablename__ = "subject_restrictions"
+
+    subject_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    restricted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    rights_request_id: Mapped[str] = mapped_column(String(36), default="")
+
+
+class LifecycleOperation(Base):
+    """The outcome of a lifecycle step (archive, restriction, purge: counts, dates and legal
+    bases only), so a retried call answers exactly as the first one did."""
+
+    __tablename__ = "lifecycle_operations"
+
+    operation_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(36), index=True)
+    done_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from secondopinion.billing.v1 import billing_pb2 as pb
@@ -18,6 +20,7 @@ from services.billing.domain import (
     coverage,
     invoices,
     ledger,
+    lifecycle,
     mandates,
     orders,
     partner_access,
@@ -42,6 +45,7 @@ from services.billing.models import (
 )
 from services.billing.psp.paybox import PaymentServiceProvider
 from services.shared.auth import Principal, Role
+from services.shared.db import utcnow
 from services.shared.errors import InvalidArgument, NotFound, PermissionDenied
 from services.shared.idempotency import run_once
 from services.shared.principals import require_role
@@ -51,6 +55,8 @@ STAFF = (Role.ADMINISTRATOR, Role.COORDINATOR, Role.DPO)
 OPS = frozenset({"ops"})
 WORKER_OPS = frozenset({"worker", "ops"})
 FRONT = frozenset({"gateway", "worker", "ops"})
+# The lifecycle worker (issue 10) and the operators' tools.
+LIFECYCLE = WORKER_OPS
 
 
 def partner_to_pb(partner: Partner) -> pb.Partner:
@@ -758,3 +764,107 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
 
         result, _ = await run_once(self._sessions, IdempotencyRecord, request, "PurgeSatisfactionData", purge)
         return pb.PurgeSatisfactionDataResponse(purged_count=int(result))
+
+    # --- data lifecycle (issue 10) ---------------------------------------------------------
+
+    async def ExportSubjectData(
+        self, request: pb.ExportSubjectDataRequest, context: Any
+    ) -> pb.ExportSubjectDataResponse:
+        require_role(Role.SERVICE, services=LIFECYCLE)
+        subject_id = lifecycle.check_subject(request.subject_id)
+        if not request.rights_request_id:
+            raise InvalidArgument("rights_request_id is required (an export answers an access request)")
+        at = utcnow()
+        async with self._sessions() as session:
+            bundle, invoice_ids = await lifecycle.export_subject(session, subject_id, at)
+        return pb.ExportSubjectDataResponse(
+            fhir_bundle_json=json.dumps(bundle, ensure_ascii=False).encode(),
+            resource_count=len(bundle.get("entry", [])),
+            invoice_ids=invoice_ids,
+            generated_at=to_timestamp(at),
+        )
+
+    async def ArchiveSubject(
+        self, request: pb.ArchiveSubjectRequest, context: Any
+    ) -> pb.ArchiveSubjectResponse:
+        require_role(Role.DPO, Role.SERVICE, services=LIFECYCLE)
+        subject_id = lifecycle.check_subject(request.subject_id)
+
+        async def archive(session: AsyncSession) -> str:
+            counts = await lifecycle.archive_subject(session, subject_id, self._ctx.archive.retention)
+            return await lifecycle.record_operation(session, "archive", subject_id, {"counts": counts})
+
+        result, _ = await run_once(self._sessions, IdempotencyRecord, request, "ArchiveSubject", archive)
+        data = await self._operation(result)
+        return pb.ArchiveSubjectResponse(
+            archived_at=to_timestamp(datetime.fromisoformat(data["at"])),
+            archived=_item_counts(data["counts"]),
+        )
+
+    async def RestrictSubject(
+        self, request: pb.RestrictSubjectRequest, context: Any
+    ) -> pb.RestrictSubjectResponse:
+        require_role(Role.DPO, Role.SERVICE, services=LIFECYCLE)
+        subject_id = lifecycle.check_subject(request.subject_id)
+
+        async def restrict(session: AsyncSession) -> str:
+            counts = await lifecycle.restrict_subject(
+                session, subject_id, request.rights_request_id, request.restricted
+            )
+            return await lifecycle.record_operation(session, "restrict", subject_id, {"counts": counts})
+
+        result, _ = await run_once(self._sessions, IdempotencyRecord, request, "RestrictSubject", restrict)
+        data = await self._operation(result)
+        return pb.RestrictSubjectResponse(
+            affected=_item_counts(data["counts"]), changed_at=to_timestamp(datetime.fromisoformat(data["at"]))
+        )
+
+    async def PurgeSubject(self, request: pb.PurgeSubjectRequest, context: Any) -> pb.PurgeSubjectResponse:
+        require_role(Role.DPO, Role.SERVICE, services=LIFECYCLE)
+        subject_id = lifecycle.check_subject(request.subject_id)
+
+        async def purge(session: AsyncSession) -> str:
+            outcome = await lifecycle.purge_subject(session, subject_id, self._ctx.archive.retention)
+            retained = [
+                [item.category, item.count, item.legal_basis.value, item.retained_until.isoformat()]
+                for item in outcome.retained
+            ]
+            return await lifecycle.record_operation(
+                session, "purge", subject_id, {"purged": outcome.purged, "retained": retained}
+            )
+
+        result, _ = await run_once(self._sessions, IdempotencyRecord, request, "PurgeSubject", purge)
+        data = await self._operation(result)
+        return pb.PurgeSubjectResponse(
+            purged_at=to_timestamp(datetime.fromisoformat(data["at"])),
+            purged=_item_counts(data["purged"]),
+            retained=[
+                pb.RetainedDataItem(
+                    category=category,
+                    count=count,
+                    legal_basis=to_pb_enum(pb.RetentionLegalBasis, lifecycle.LegalBasis(basis)),
+                    retained_until=to_timestamp(datetime.fromisoformat(until)),
+                )
+                for category, count, basis, until in data["retained"]
+            ],
+            # Billing holds no per-subject key: what it keeps must stay readable (BIL-09).
+            subject_key_destroyed=False,
+        )
+
+    async def _operation(self, operation_id: str) -> dict[str, Any]:
+        async with self._sessions() as session:
+            return await lifecycle.operation_outcome(session, operation_id)
+
+    async def ListSubjectCaseIds(
+        self, request: pb.ListSubjectCaseIdsRequest, context: Any
+    ) -> pb.ListSubjectCaseIdsResponse:
+        require_role(Role.SERVICE, services=LIFECYCLE)
+        subject_id = lifecycle.check_subject(request.subject_id)
+        async with self._sessions() as session:
+            return pb.ListSubjectCaseIdsResponse(
+                case_ids=await lifecycle.subject_case_ids(session, subject_id)
+            )
+
+
+def _item_counts(counts: dict[str, int]) -> list[pb.DataItemCount]:
+    return [pb.DataItemCount(category=name, count=int(count)) for name, count in sorted(counts.items())]

@@ -29,6 +29,7 @@ from services.gateway.problems import (
 )
 from services.gateway.settings import GatewaySettings
 from services.gateway.web.doctor import router as doctor_pages
+from services.gateway.web.onboarding import router as onboarding_pages
 from services.gateway.web.patient import router as patient_pages
 from services.gateway.web.routes import router as web_pages
 from services.gateway.web.security import DEFAULT_LIMITS, CsrfProtection, RateLimiter
@@ -132,6 +133,7 @@ def create_app(
     app.include_router(patient_pages)
     app.include_router(doctor_pages)
     app.include_router(staff_pages)
+    app.include_router(onboarding_pages)
 
     def openapi() -> dict[str, object]:
         if app.openapi_schema:

@@ -37,6 +37,8 @@ class Caller:
     # End of the session's step-up window (ACC-06); None when no fresh code was given.
     step_up_valid_until: datetime | None = None
     must_enrol_totp: bool = False
+    # ACC-10: a breach flag or provisional credentials; the next page is the password change.
+    must_change_password: bool = False
 
     @property
     def metadata(self) -> Metadata:

@@ -30,9 +30,7 @@ async def running(
     """The matching server; `clock` is injectable so tests of delays and timeouts never sleep."""
 
     def registrations(sessions: async_sessionmaker[AsyncSession]) -> list[ServiceRegistration]:
-        # RPCs of later issues (data export, archive, purge: issue 10) answer UNIMPLEMENTED
-        # through the generated base class.
-        servicer = MatchingServicer(sessions, clock)  # type: ignore[abstract]
+        servicer = MatchingServicer(sessions, clock)
         return [ServiceRegistration(SERVICE_NAME, pb_grpc.add_MatchingServiceServicer_to_server, servicer)]
 
     async with serving("matching", settings, auth or InternalAuthSettings(), registrations) as server:

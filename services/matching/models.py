@@ -190,3 +190,16 @@ class Reassignment(Base):
 
 class IdempotencyRecord(IdempotencyRecordMixin, Base):
     __tablename__ = "idempotency_records"
+
+
+class LifecycleOperation(Base):
+    """The outcome of a lifecycle step (archive, restriction, purge: counts, dates and legal
+    bases only), so a retried call answers exactly as the first one did."""
+
+    __tablename__ = "lifecycle_operations"
+
+    operation_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(36), index=True)
+    done_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSON)

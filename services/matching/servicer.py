@@ -14,6 +14,7 @@ Who may call what (from the verified token only):
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from secondopinion.matching.v1 import matching_pb2_grpc as pb_grpc
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.matching.domain import lifecycle as subject_lifecycle
 from services.matching.domain import offers as offer_rules
 from services.matching.domain import picking, reassignment, registry
 from services.matching.domain.catalog import load_catalog
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 
 STAFF = (Role.ADMINISTRATOR, Role.COORDINATOR)
 WORKER = frozenset({"worker"})
+# The lifecycle worker (issue 10) and the operators' tools.
+LIFECYCLE = frozenset({"worker", "ops"})
 
 
 # --- conversions -----------------------------------------------------------------------
@@ -704,3 +708,69 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             )
 
         return await self._read(read)
+
+    # --- data lifecycle (issue 10) ------------------------------------------------------
+
+    async def ExportSubjectData(
+        self, request: pb.ExportSubjectDataRequest, context: Any
+    ) -> pb.ExportSubjectDataResponse:
+        # The export goes from the lifecycle worker into the person's archive.
+        require_role(Role.SERVICE, services=LIFECYCLE)
+        subject_id = subject_lifecycle.check_subject(request.subject_id)
+        if not request.rights_request_id:
+            raise InvalidArgument("rights_request_id is required (an export answers an access request)")
+        at = self._now()
+
+        async def read(session: AsyncSession) -> dict[str, Any]:
+            return await subject_lifecycle.export_subject(session, subject_id, request.case_ids, at)
+
+        bundle = await self._read(read)
+        log.info(
+            "subject exported",
+            extra={"fields": {"subject_id": subject_id, "rights_request_id": request.rights_request_id}},
+        )
+        return pb.ExportSubjectDataResponse(
+            fhir_bundle_json=json.dumps(bundle, ensure_ascii=False).encode(),
+            resource_count=len(bundle.get("entry", [])),
+            generated_at=to_timestamp(at),
+        )
+
+    async def ArchiveSubject(
+        self, request: pb.ArchiveSubjectRequest, context: Any
+    ) -> pb.ArchiveSubjectResponse:
+        require_role(Role.DPO, Role.SERVICE, services=LIFECYCLE)
+        subject_id = subject_lifecycle.check_subject(request.subject_id)
+
+        async def archive(session: AsyncSession) -> str:
+            counts = await subject_lifecycle.archive_subject(session, subject_id, request.case_ids)
+            return await subject_lifecycle.record_operation(
+                session, "archive", subject_id, counts, self._now()
+            )
+
+        result = await self._read(
+            subject_lifecycle.outcome_reader(await self._once(request, "ArchiveSubject", archive))
+        )
+        return pb.ArchiveSubjectResponse(
+            archived_at=to_timestamp(datetime.fromisoformat(result["at"])),
+            archived=_item_counts(result["counts"]),
+        )
+
+    async def PurgeSubject(self, request: pb.PurgeSubjectRequest, context: Any) -> pb.PurgeSubjectResponse:
+        require_role(Role.DPO, Role.SERVICE, services=LIFECYCLE)
+        subject_id = subject_lifecycle.check_subject(request.subject_id)
+
+        async def purge(session: AsyncSession) -> str:
+            counts = await subject_lifecycle.purge_subject(session, subject_id, request.case_ids)
+            return await subject_lifecycle.record_operation(session, "purge", subject_id, counts, self._now())
+
+        result = await self._read(
+            subject_lifecycle.outcome_reader(await self._once(request, "PurgeSubject", purge))
+        )
+        return pb.PurgeSubjectResponse(
+            purged_at=to_timestamp(datetime.fromisoformat(result["at"])),
+            purged=_item_counts(result["counts"]),
+        )
+
+
+def _item_counts(counts: dict[str, int]) -> list[pb.DataItemCount]:
+    return [pb.DataItemCount(category=name, count=int(count)) for name, count in sorted(counts.items())]

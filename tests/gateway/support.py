@@ -6,6 +6,7 @@ worker where the case workflow is not driven here, and read codes as a person re
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -72,6 +73,9 @@ class Portal:
     partner_id: str = ""
     agreement_id: str = ""
     app: Any = None
+    # Account id the dossier was started with in its habilitation allowlists (SEC-05,
+    # CASE-14): the coordinator created by `coordinator()` takes it.
+    habilitated_coordinator_id: str = ""
 
     # --- channels as the platform's own processes ---------------------------------------
     def _stub(self, service: str, issuer: str) -> Any:
@@ -150,6 +154,35 @@ class Portal:
             person.doctor_id = doctor.doctor.doctor_id
         return person
 
+    async def coordinator(self, email: str, name: str = "Coordination") -> Person:
+        """The habilitated coordinator (health data and personal-assistant mandate).
+
+        The dossier reads its habilitation allowlists (DOSSIER_HEALTH_DATA_HABILITATED_ACCOUNT_IDS,
+        DOSSIER_PERSONAL_ASSISTANT_ACCOUNT_IDS) at start-up, before any account exists; the
+        account is created through identity and then given the provisioned id, as an
+        operator provisions a known staff member."""
+        from sqlalchemy import update
+
+        from services.identity.models import Account
+
+        assert self.habilitated_coordinator_id, "one habilitated coordinator per portal"
+        account = await self.ops("identity").CreateStaffAccount(
+            identity_pb2.CreateStaffAccountRequest(
+                idempotency_key=f"staff-{email}", role=identity_pb2.ACCOUNT_ROLE_COORDINATOR, email=email,
+                phone_number="+33698765432", display_name=name,
+            )
+        )  # fmt: skip
+        assert self.stack._identity_sessions is not None
+        async with self.stack._identity_sessions.begin() as session:
+            await session.execute(
+                update(Account)
+                .where(Account.account_id == account.account_id)
+                .values(account_id=self.habilitated_coordinator_id)
+            )
+        account_id, self.habilitated_coordinator_id = self.habilitated_coordinator_id, ""
+        await self._set_password(account_id)
+        return Person(account_id, email, await self.stack.open_session(account_id))
+
     async def _set_password(self, account_id: str) -> None:
         """Staff onboarding (provisional credentials by email, then a new password) is the
         identity service's flow; here the chosen password is stored as it would end."""
@@ -185,6 +218,22 @@ class Portal:
         )
         person.totp_secret = secret
         return secret
+
+    async def scanned_clean(self, document_id: str) -> None:
+        """What the malware scan records for a clean file (no clamd on a test machine)."""
+        from sqlalchemy import update
+
+        from services.dossier.models import Document
+        from services.shared.db import create_engine
+
+        engine = create_engine(self.stack.database_urls["dossier"])
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(
+                    update(Document).where(Document.document_id == document_id).values(status="available")
+                )
+        finally:
+            await engine.dispose()
 
     async def latest_sms_code(self, after: int = 0) -> str:
         """The newest 6-digit code in the SMS outbox (login or step-up)."""
@@ -380,9 +429,18 @@ async def running_portal(workdir: Path, backend: str = "sqlite", **gateway: Any)
     async with AsyncExitStack() as exit_stack:
         sandbox_url = await exit_stack.enter_async_context(serve_app(sandbox_app))  # type: ignore[arg-type]
         # Billing reads the PSP's addresses from its environment (the stack sets the rest).
-        saved = {k: os.environ.get(k) for k in ("BILLING_PSP_PAYMENT_URL", "BILLING_PSP_RETURN_BASE_URL")}
-        os.environ["BILLING_PSP_PAYMENT_URL"] = f"{sandbox_url}/cgi/MYchoix_pagepaiement.cgi"
-        os.environ["BILLING_PSP_RETURN_BASE_URL"] = f"{gateway_url}/api/payments/psp"
+        coordinator_id = str(uuid.uuid4())
+        environment = {
+            "BILLING_PSP_PAYMENT_URL": f"{sandbox_url}/cgi/MYchoix_pagepaiement.cgi",
+            "BILLING_PSP_RETURN_BASE_URL": f"{gateway_url}/api/payments/psp",
+            # SEC-05 and CASE-14: the coordinator `Portal.coordinator()` creates.
+            "DOSSIER_HEALTH_DATA_HABILITATED_ACCOUNT_IDS": json.dumps([coordinator_id]),
+            "DOSSIER_PERSONAL_ASSISTANT_ACCOUNT_IDS": json.dumps([coordinator_id]),
+            # Emails land in the development outbox (read like SMS), not on an SMTP server.
+            "NOTIFICATIONS_EMAIL_TRANSPORT": "development",
+        }
+        saved = {k: os.environ.get(k) for k in environment}
+        os.environ.update(environment)
         try:
             stack = await exit_stack.enter_async_context(platform_stack(workdir, backend, with_gateway=False))
         finally:
@@ -404,7 +462,10 @@ async def running_portal(workdir: Path, backend: str = "sqlite", **gateway: Any)
         app = create_app(settings, stack.auth, stack.temporal_settings, connect_temporal=False)
         await exit_stack.enter_async_context(serve_on(app, gateway_socket))
         stack.gateway_url = gateway_url
-        portal = Portal(stack, gateway_url, sandbox_url, sandbox_app, exit_stack, app=app)
+        portal = Portal(
+            stack, gateway_url, sandbox_url, sandbox_app, exit_stack, app=app,
+            habilitated_coordinator_id=coordinator_id,
+        )  # fmt: skip
         await _seed(portal)
         yield portal
 

@@ -4,7 +4,7 @@ kills itself with SIGKILL right after a side effect and before the activity comp
 (the worst moment: the effect happened, Temporal does not know).
 
     python -m tests.workflows.crash_worker --address H:P --queue Q --recorder R.db \
-        --keys-dir D --key-id K --markers DIR --crash-after notify:payment_summary,create_offer
+        --keys-dir D --key-id K --markers DIR --crash-after create_offer,notify:doctor_new_offer
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ async def test_happy_path_platform_chosen(harness: Harness) -> None:
         "closed",
     ]
     sent = templates(h)
-    assert sent.count("payment_summary") == 1  # NOT-02
+    assert sent.count("payment_summary") == 0  # billing sends it on capture (tests/billing, NOT-02)
     assert sent.count("report_available") == 1  # CASE-09
     assert sent.count("satisfaction_survey") == 1  # CASE-15
     assert sent.index("report_available") < sent.index("satisfaction_survey")

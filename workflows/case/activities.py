@@ -67,11 +67,14 @@ from workflows.case.models import (
     ShareOutcome,
     ShareReportInput,
     StartCardPaymentInput,
+    Template,
     ValidateCoverageInput,
 )
 from workflows.grpc_errors import as_activity_error
 
 T = TypeVar("T")
+# Templates that show an amount (notifications refuses them without a currency).
+AMOUNT_TEMPLATES = frozenset({Template.CASE_CANCELLED, Template.PAYMENT_SUMMARY})
 
 
 def _when(stamp: Any) -> datetime | None:
@@ -150,9 +153,20 @@ class CaseActivities:
 
     @activity.defn
     async def load_case(self, data: LoadCaseInput) -> CaseFacts:
+        """The case's ids and codes; the forms are complete when both (the pre-form and the
+        area's pathology form) have a submitted version: the dossier creates cases in status
+        submitted, so the status alone says nothing about the forms."""
         case = (
             await self._call(self._dossier.GetCase, dossier_pb2.GetCaseRequest(case_id=data.case_id))
         ).case
+        forms_complete = True
+        for kind in (dossier_pb2.FORM_KIND_PRE_FORM, dossier_pb2.FORM_KIND_PATHOLOGY):
+            versions = await self._call(
+                self._dossier.ListFormVersions,
+                dossier_pb2.ListFormVersionsRequest(case_id=data.case_id, kind=kind),
+            )
+            if not any(v.status == dossier_pb2.FORM_ANSWERS_STATUS_SUBMITTED for v in versions.versions):
+                forms_complete = False
         return CaseFacts(
             filer_account_id=case.filer_account_id,
             beneficiary_id=case.beneficiary_id,
@@ -161,8 +175,7 @@ class CaseActivities:
             doctor_choice_mode=pb_enum_to_code(dossier_pb2.DoctorChoiceMode, case.doctor_choice_mode),
             chosen_doctor_ids=list(case.chosen_doctor_ids),
             requested_doctor_count=max(1, case.requested_doctor_count),
-            forms_complete=case.HasField("submitted_at")
-            or case.status not in (dossier_pb2.CASE_STATUS_DRAFT, dossier_pb2.CASE_STATUS_UNSPECIFIED),
+            forms_complete=forms_complete,
         )
 
     @activity.defn
@@ -644,16 +657,36 @@ class CaseActivities:
             return f"{self._portal}/doctor/cases/{data.case_id}"
         return f"{self._portal}/cases/{data.case_id}"
 
+    async def _implied_date(self, data: NotifyInput) -> datetime | None:
+        """The date a template shows when the workflow gave none: the offer's answer-by
+        date as matching holds it (doctor_new_offer; a doctor is offered a case once, and
+        the offer may already be answered when a retried email goes out), the moment of
+        the payment summary."""
+        if data.template is Template.DOCTOR_NEW_OFFER and data.recipient.kind is RecipientKind.DOCTOR:
+            offers = await self._call(
+                self._matching.ListOffers,
+                matching_pb2.ListOffersRequest(
+                    case_id=data.case_id, doctor_id=data.recipient.id, page_size=1
+                ),
+            )
+            return next((_when(o.respond_by) for o in offers.offers if o.HasField("respond_by")), None)
+        if data.template is Template.PAYMENT_SUMMARY:
+            return datetime.now(UTC)
+        return None
+
     @activity.defn
     async def notify(self, data: NotifyInput) -> str:
         """Sends one templated email (ids, a link and a date at most: no health data)."""
         email, locale = await self._recipient_email(data)
         variables = notifications_pb2.TemplateVariables(link=self._link(data))
-        if data.date is not None:
-            variables.date.CopyFrom(to_timestamp(data.date))
-        if data.amount_cents:
+        date = data.date or await self._implied_date(data)
+        if date is not None:
+            variables.date.CopyFrom(to_timestamp(date))
+        if data.amount_cents or data.template in AMOUNT_TEMPLATES:
+            # A template that shows an amount needs its currency even for zero (a
+            # cancellation with nothing to refund says 0,00 €).
             variables.amount_cents = data.amount_cents
-            variables.currency = data.currency
+            variables.currency = data.currency or "EUR"
         response = await self._call(
             self._notifications.SendNotification,
             notifications_pb2.SendNotificationRequest(

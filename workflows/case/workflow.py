@@ -283,7 +283,8 @@ class CaseWorkflow:
             if state.funding is Funding.NONE and not notified:
                 self._request_cancel(CancelReason.PAYMENT_NOT_RECEIVED, "platform")
                 self._raise_if_cancelled()
-        if state.funding is Funding.CARD:
+        # Billing sends the payment summary itself when it captures (one email, not two).
+        if state.funding is Funding.CARD and not workflow.patched("billing-sends-payment-summary"):
             await self._notify(
                 Template.PAYMENT_SUMMARY,
                 self._patient,
@@ -726,6 +727,12 @@ class CaseWorkflow:
             await self._report_status(CaseStatus.CANCELLED)
         except ActivityError:
             failures.append("notify")
+            # A failed email must never leave the dossier out of step with the case.
+            if workflow.patched("report-cancelled-despite-email-failure"):
+                try:
+                    await self._report_status(CaseStatus.CANCELLED)
+                except ActivityError:
+                    failures.append("status")
         if failures:
             workflow.logger.warning("compensation incomplete", extra={"failed": failures})
         state.status = CaseStatus.CANCELLED

@@ -4,9 +4,15 @@ Every call carries the worker's service identity and an idempotency key derived 
 subject and the step. Contact details and exported data are read and used here, never
 returned: only ids, codes, dates and counts enter Temporal's history.
 
-A service that answers UNIMPLEMENTED to a lifecycle RPC holds nothing for that step yet
-(the dossier service today): the step records it under `not_implemented` and logs it,
-so the report says exactly which service was not covered.
+A service that answers UNIMPLEMENTED to a lifecycle RPC holds nothing for that step yet:
+the step records it under `not_implemented` and logs it, so the report says exactly which
+service was not covered.
+
+Matching knows a patient's cases by id only: the worker asks billing for the subject's
+case ids (`ListSubjectCaseIds`: the payer's orders, live or archived; billing keeps them,
+restricted, for ten years, so they are still there when a purge runs after an erasure or
+an archive) and passes them to matching. A case that never reached checkout never reached
+matching either.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ SERVICE_MODULES: dict[str, tuple[Any, Any]] = {
     "matching": (matching_pb2, matching_pb2_grpc.MatchingServiceStub),
     "billing": (billing_pb2, billing_pb2_grpc.BillingServiceStub),
 }
+# Services that know a patient's cases by id only: the worker passes the subject's case ids.
+CASE_ID_SERVICES = frozenset({"matching"})
 # Which step each service implements (matching keeps no restrictable personal data).
 SERVICE_STEPS = {
     "dossier": {"ARCHIVE", "RESTRICT", "LIFT_RESTRICTION", "PURGE"},
@@ -207,14 +215,30 @@ class LifecycleActivities:
         if purged:
             report.items["notifications"] = {"recipient_addresses": purged}
 
+    async def _case_ids(self, subject_id: str) -> list[str]:
+        """The subject's case ids, for services that know cases by id only (matching)."""
+        if self._billing is None:
+            return []
+        try:
+            reply = await self._billing.ListSubjectCaseIds(
+                billing_pb2.ListSubjectCaseIdsRequest(subject_id=subject_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            _raise(error)
+        return list(reply.case_ids)
+
+    async def _case_fields(self, name: str, subject_id: str) -> dict[str, Any]:
+        return {"case_ids": await self._case_ids(subject_id)} if name in CASE_ID_SERVICES else {}
+
     async def _service_step(self, name: str, data: StepInput, report: StepReport) -> None:
         module, _ = SERVICE_MODULES[name]
         stub = self._services[name]
         key = f"{data.idempotency_key}:{name}"
+        cases = await self._case_fields(name, data.subject_id)
         try:
             if data.step == "ARCHIVE":
                 reply = await stub.ArchiveSubject(
-                    module.ArchiveSubjectRequest(idempotency_key=key, subject_id=data.subject_id)
+                    module.ArchiveSubjectRequest(idempotency_key=key, subject_id=data.subject_id, **cases)
                 )
                 counts = {c.category: c.count for c in reply.archived}
             elif data.step in {"RESTRICT", "LIFT_RESTRICTION"}:
@@ -233,6 +257,7 @@ class LifecycleActivities:
                         idempotency_key=key,
                         subject_id=data.subject_id,
                         rights_request_id=data.rights_request_id,
+                        **cases,
                     )
                 )
                 counts = {c.category: c.count for c in reply.purged}
@@ -449,6 +474,7 @@ class LifecycleActivities:
                         idempotency_key=f"{key}:{name}",
                         subject_id=data.subject_id,
                         rights_request_id=data.request_id,
+                        **await self._case_fields(name, data.subject_id),
                     )
                 )
             except grpc.aio.AioRpcError as error:

@@ -22,12 +22,13 @@ class LifecycleSettings(BaseSettings):
     service_call_timeout_seconds: float = Field(default=10.0, gt=0, le=25)
     graceful_shutdown_seconds: float = 10.0
     # Services besides identity that hold subject data, called in this order on archive,
-    # restriction, purge and export (any of "dossier", "matching", "billing"). A listed
+    # restriction, purge and export (any of "dossier", "matching", "billing"; each does the
+    # steps it implements, see activities.SERVICE_STEPS). The dossier goes first: it refuses
+    # an erasure while a case is in progress, before anything else is touched. A listed
     # service that answers UNIMPLEMENTED is recorded as "holds nothing yet" in the report
-    # (and logged), never silently skipped. Empty until those services implement their
-    # lifecycle RPCs: today the shared gRPC guard turns the generated base class's
-    # NotImplementedError into INTERNAL, which would retry forever.
-    subject_services: list[str] = []
+    # (and logged), never silently skipped. Notifications is always called (addresses are
+    # erased with PurgeRecipientData, it has no per-subject lifecycle RPCs).
+    subject_services: list[str] = ["dossier", "matching", "billing"]
     # Where rights-request reminders go (DPO_RIGHTS_REQUEST_REMINDER).
     dpo_email: str = "dpo@secondopinion.invalid"
     portal_base_url: str = "http://127.0.0.1:8000"

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.billing.models import PaymentAttempt, PspNotification, SatisfactionAnswer
+from services.billing.models import ArchivedRecord, PaymentAttempt, PspNotification, SatisfactionAnswer
 from services.shared.db import utcnow
 from services.shared.errors import InvalidArgument
 
@@ -30,7 +30,19 @@ async def purge_payment_data(session: AsyncSession, older_than: datetime | None)
         delete(PspNotification).where(PspNotification.received_at < older_than)
     )
     attempts = await session.execute(delete(PaymentAttempt).where(PaymentAttempt.created_at < older_than))
-    return int(attempts.rowcount), int(notifications.rowcount)  # type: ignore[attr-defined]
+    # Archived subjects' payment data (issue 10) goes at the same age.
+    archived: dict[str, int] = {}
+    for category in ("payment_attempts", "psp_notifications"):
+        result = await session.execute(
+            delete(ArchivedRecord).where(
+                ArchivedRecord.category == category, ArchivedRecord.record_at < older_than
+            )
+        )
+        archived[category] = int(result.rowcount)  # type: ignore[attr-defined]
+    return (
+        int(attempts.rowcount) + archived["payment_attempts"],  # type: ignore[attr-defined]
+        int(notifications.rowcount) + archived["psp_notifications"],  # type: ignore[attr-defined]
+    )
 
 
 async def purge_satisfaction(session: AsyncSession, older_than: datetime | None) -> int:

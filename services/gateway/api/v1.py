@@ -55,8 +55,8 @@ def case_out(case: dossier_pb2.Case) -> CaseOut:
         chosen_doctor_ids=list(case.chosen_doctor_ids),
         assigned_doctor_ids=list(case.assigned_doctor_ids),
         status=pb_enum_to_code(dossier_pb2.CaseStatus, case.status),
-        created_at=case.created_at.ToDatetime(),
-        updated_at=case.updated_at.ToDatetime(),
+        created_at=case.created_at.ToDatetime(tzinfo=UTC),
+        updated_at=case.updated_at.ToDatetime(tzinfo=UTC),
     )
 
 

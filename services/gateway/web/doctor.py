@@ -40,7 +40,7 @@ def require_doctor(p: Page) -> Caller | Response:
         return p.redirect("/login")
     if p.caller.role != "referent_doctor":
         return p.redirect(p.role_home())
-    return p.caller
+    return p.onboarding() or p.caller
 
 
 @router.get("/doctor", response_class=HTMLResponse)

@@ -488,6 +488,92 @@ MESSAGES: dict[str, dict[str, str]] = {
     "opt_none": {"fr": "Aucun", "en": "None"},
 }
 
+# Account set-up: authenticator, password, the people one files for.
+MESSAGES.update(
+    {
+        "totp_title": {"fr": "Application d'authentification", "en": "Authenticator app"},
+        "totp_first_login": {
+            "fr": "Première connexion : l'accès aux données de santé demande une authentification forte. Enregistrez votre application d'authentification pour continuer.",
+            "en": "First login: access to health data requires strong authentication. Register your authenticator app to continue.",
+        },
+        "totp_step_app": {
+            "fr": "Ouvrez votre application d'authentification (FreeOTP, Aegis, Google Authenticator…) et ajoutez un compte.",
+            "en": "Open your authenticator app (FreeOTP, Aegis, Google Authenticator…) and add an account.",
+        },
+        "totp_step_key": {
+            "fr": "Saisissez la clé ci-dessous (ou le lien otpauth si votre application l'accepte).",
+            "en": "Type the key below (or the otpauth link if your app accepts it).",
+        },
+        "totp_step_code": {
+            "fr": "Entrez le code à 6 chiffres affiché par l'application.",
+            "en": "Enter the 6-digit code the app shows.",
+        },
+        "totp_manual_key": {"fr": "Clé à saisir", "en": "Key to type"},
+        "totp_uri": {"fr": "Lien de configuration", "en": "Set-up link"},
+        "totp_bad_code": {
+            "fr": "Ce code ne correspond pas. Vérifiez la clé saisie et l'heure du téléphone, puis réessayez.",
+            "en": "This code does not match. Check the key you typed and your phone's clock, then try again.",
+        },
+        "totp_enrolled": {
+            "fr": "Votre application d'authentification est enregistrée.",
+            "en": "Your authenticator app is registered.",
+        },
+        "recovery_codes_title": {"fr": "Codes de secours", "en": "Recovery codes"},
+        "recovery_codes_text": {
+            "fr": "Conservez ces codes en lieu sûr : chacun permet une connexion si vous perdez votre téléphone. Ils ne seront plus affichés.",
+            "en": "Keep these codes somewhere safe: each one lets you log in if you lose your phone. They will not be shown again.",
+        },
+        "continue": {"fr": "Continuer", "en": "Continue"},
+        "change_password": {"fr": "Changer le mot de passe", "en": "Change the password"},
+        "password_must_change": {
+            "fr": "Pour votre sécurité, vous devez choisir un nouveau mot de passe avant de continuer.",
+            "en": "For your security, you must choose a new password before going on.",
+        },
+        "current_password": {"fr": "Mot de passe actuel", "en": "Current password"},
+        "new_password": {"fr": "Nouveau mot de passe", "en": "New password"},
+        "confirm_password": {"fr": "Confirmez le nouveau mot de passe", "en": "Confirm the new password"},
+        "passwords_differ": {
+            "fr": "Les deux mots de passe ne sont pas identiques.",
+            "en": "The two passwords differ.",
+        },
+        "current_password_wrong": {
+            "fr": "Le mot de passe actuel est incorrect.",
+            "en": "The current password is wrong.",
+        },
+        "password_changed": {"fr": "Votre mot de passe a été changé.", "en": "Your password was changed."},
+        "beneficiaries": {"fr": "Personnes pour qui je dépose", "en": "People I file for"},
+        "attach_beneficiary": {"fr": "Ajouter une personne", "en": "Add a person"},
+        "beneficiary_kind": {"fr": "Je suis", "en": "I am"},
+        "beneficiary_kind_minor": {"fr": "Parent d'un enfant mineur", "en": "Parent of a minor"},
+        "beneficiary_kind_ward": {"fr": "Tuteur d'un majeur protégé", "en": "Guardian of a protected adult"},
+        "beneficiary_kind_mandator": {"fr": "Mandaté par écrit", "en": "Mandated in writing"},
+        "representation_ended": {"fr": "terminé", "en": "ended"},
+        "birth_date": {"fr": "Date de naissance", "en": "Date of birth"},
+        "parent_attests": {
+            "fr": "Pour un enfant de moins de 15 ans : je garantis qu'il a été informé et qu'il consent",
+            "en": "For a child under 15: I guarantee the child was informed and consents",
+        },
+        "mandate_valid_until": {"fr": "Fin du mandat (facultatif)", "en": "End of the mandate (optional)"},
+        "mandate_valid_until_hint": {
+            "fr": "Uniquement pour un mandat écrit à durée limitée.",
+            "en": "Only for a written mandate with an end date.",
+        },
+        "proof_document": {"fr": "Justificatif", "en": "Proof"},
+        "proof_document_hint": {
+            "fr": "Livret de famille, jugement de tutelle ou copie du mandat (PDF, JPEG ou PNG).",
+            "en": "Family record book, guardianship judgment or copy of the mandate (PDF, JPEG or PNG).",
+        },
+        "attach": {"fr": "Ajouter", "en": "Add"},
+        "beneficiary": {"fr": "Personne concernée", "en": "Person concerned"},
+        "beneficiary_attached": {"fr": "La personne a été ajoutée.", "en": "The person was added."},
+        "manage_beneficiaries": {
+            "fr": "Ajouter une personne pour qui je dépose",
+            "en": "Add a person I file for",
+        },
+        "choose_beneficiary": {"fr": "— pour moi-même —", "en": "— for myself —"},
+    }
+)
+
 # Codes shown through a prefix (form options, statuses...) fall back to a readable label.
 HUMANISED_PREFIXES = ("opt_", "status_", "area_", "kind_", "doc_", "object_", "actor_", "purpose_", "action_")
 

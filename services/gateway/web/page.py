@@ -184,6 +184,17 @@ class Page:
             response.headers["Retry-After"] = "60"
         return response
 
+    def onboarding(self) -> Response | None:
+        """Staff enrol their authenticator first (ACC-12); a flagged or provisional password
+        is changed before anything else (ACC-10)."""
+        if self.caller is None:
+            return None
+        if self.caller.must_enrol_totp:
+            return self.redirect("/account/totp")
+        if self.caller.must_change_password:
+            return self.redirect("/account/password")
+        return None
+
     def role_home(self) -> str:
         return HOME_BY_ROLE.get(self.caller.role, "/account") if self.caller else "/login"
 
@@ -220,6 +231,7 @@ def caller_from_session(session: identity_pb2.ValidateSessionResponse) -> Caller
         habilitations=tuple(pb_enum_to_code(identity_pb2.Habilitation, h) for h in session.habilitations),
         step_up_valid_until=ts_or_none(session, "step_up_valid_until"),
         must_enrol_totp=session.must_enrol_totp,
+        must_change_password=session.must_change_password,
     )
 
 

@@ -168,7 +168,7 @@ def require_patient(p: Page) -> Caller | Response:
         return p.redirect("/login")
     if p.caller.role != "patient":
         return p.redirect(p.role_home())
-    return p.caller
+    return p.onboarding() or p.caller
 
 
 # --- dashboard and new request ----------------------------------------------------------------
@@ -206,8 +206,15 @@ async def new_case_form(p: PageDep, clients: ClientsDep) -> Response:
         }
         for d in listed.doctors
     ]
+    from services.gateway.web.onboarding import list_beneficiaries
+
     return p.render(
-        "case_new.html", areas=sorted(therapeutic_area_codes()), doctors=doctors, idempotency_key=new_key()
+        "case_new.html",
+        areas=sorted(therapeutic_area_codes()),
+        doctors=doctors,
+        idempotency_key=new_key(),
+        beneficiaries=await list_beneficiaries(clients, caller),
+        notice=p.t("beneficiary_attached") if p.request.query_params.get("attached") == "1" else "",
     )
 
 
@@ -215,14 +222,16 @@ async def new_case_form(p: PageDep, clients: ClientsDep) -> Response:
 async def new_case_submit(
     p: PageDep,
     clients: ClientsDep,
-    filing_capacity: Annotated[str, Form(max_length=40)],
     therapeutic_area: Annotated[str, Form(max_length=64)],
     purpose: Annotated[str, Form(max_length=40)],
     doctor_choice_mode: Annotated[str, Form(max_length=20)],
     idempotency_key: Annotated[str, Form(min_length=8, max_length=100)],
     chosen_doctor_ids: Annotated[list[str] | None, Form()] = None,
+    beneficiary: Annotated[str, Form(max_length=64)] = "self",
     csrf_token: Csrf = "",
 ) -> Response:
+    """For oneself, or for a person attached with their proof (ACC-03): the capacity comes
+    from identity's record of that person, never from the form."""
     caller = require_patient(p)
     if isinstance(caller, Response):
         return caller
@@ -230,10 +239,23 @@ async def new_case_submit(
         return p.forbidden()
     if limited := p.too_many("case_submission"):
         return limited
+    filing_capacity, beneficiary_id = "self", ""
+    if beneficiary != "self":
+        from services.gateway.web.onboarding import list_beneficiaries
+
+        found = [
+            b
+            for b in await list_beneficiaries(clients, caller)
+            if b["beneficiary_id"] == beneficiary and b["status"] == "active"
+        ]
+        if not found:
+            return p.message(400, error=p.t("form_error", detail=p.t("beneficiary")))
+        filing_capacity, beneficiary_id = found[0]["capacity"], beneficiary
     try:
         created = await clients.dossier.CreateCase(
             dossier_pb2.CreateCaseRequest(
                 idempotency_key=idempotency_key,
+                beneficiary_id=beneficiary_id,
                 filing_capacity=code_to_pb_enum(dossier_pb2.FilingCapacity, filing_capacity),
                 therapeutic_area=therapeutic_area,
                 purpose=code_to_pb_enum(dossier_pb2.CasePurpose, purpose),
@@ -414,7 +436,7 @@ async def consents_form(case_id: str, p: PageDep, clients: ClientsDep) -> Respon
     return p.render(
         "consents.html",
         case=view,
-        notice=notice,
+        legal_notice=notice,
         terms=terms,
         notice_accepted=status.notice_accepted,
         given=[pb_enum_to_code(identity_pb2.ConsentKind, c) for c in status.given_consents],

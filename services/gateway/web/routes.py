@@ -166,7 +166,12 @@ async def login_code_submit(
         )
         return response
     # The emergency warning greets every login (CASE-07), whatever the portal.
-    target = "/account/totp" if verified.must_enrol_totp else "/home?login=1"
+    if verified.must_enrol_totp:
+        target = "/account/totp"
+    elif verified.must_change_password:
+        target = "/account/password?forced=1"
+    else:
+        target = "/home?login=1"
     response = p.redirect(target)
     p.set_cookie(response, p.request.app.state.settings.session_cookie_name, verified.session_token)
     response.delete_cookie(LOGIN_COOKIE, path="/")

@@ -40,7 +40,7 @@ def require_role(p: Page, role: str) -> Caller | Response:
         return p.redirect("/login")
     if p.caller.role != role:
         return p.redirect(p.role_home())
-    return p.caller
+    return p.onboarding() or p.caller
 
 
 def temporal_link(p: Page, case_id: str) -> str:

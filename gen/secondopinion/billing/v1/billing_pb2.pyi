@@ -4110,3 +4110,49 @@ class PurgeSubjectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PurgeSubjectResponse: _TypeAlias = PurgeSubjectResponse  # noqa: Y015
+
+@_typing.final
+class ListSubjectCaseIdsRequest(_message.Message):
+    """Request of ListSubjectCaseIds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """Subject (payer account id)."""
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubjectCaseIdsRequest: _TypeAlias = ListSubjectCaseIdsRequest  # noqa: Y015
+
+@_typing.final
+class ListSubjectCaseIdsResponse(_message.Message):
+    """Response of ListSubjectCaseIds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def case_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Case ids of the subject's orders (live and archived), sorted."""
+
+    def __init__(
+        self,
+        *,
+        case_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ids", b"case_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubjectCaseIdsResponse: _TypeAlias = ListSubjectCaseIdsResponse  # noqa: Y015

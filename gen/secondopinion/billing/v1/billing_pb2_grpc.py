@@ -245,6 +245,11 @@ class BillingServiceStub:
                 request_serializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.PurgeSubjectRequest.SerializeToString,
                 response_deserializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.PurgeSubjectResponse.FromString,
                 _registered_method=True)
+        self.ListSubjectCaseIds = channel.unary_unary(
+                '/secondopinion.billing.v1.BillingService/ListSubjectCaseIds',
+                request_serializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -555,6 +560,14 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSubjectCaseIds(self, request, context):
+        """The case ids of a subject's orders, live or archived: the lifecycle worker hands them
+        to services that know cases by id only (matching). Lifecycle worker only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -767,6 +780,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.PurgeSubject,
                     request_deserializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.PurgeSubjectRequest.FromString,
                     response_serializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.PurgeSubjectResponse.SerializeToString,
+            ),
+            'ListSubjectCaseIds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubjectCaseIds,
+                    request_deserializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsRequest.FromString,
+                    response_serializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1904,6 +1922,33 @@ class BillingService:
             '/secondopinion.billing.v1.BillingService/PurgeSubject',
             secondopinion_dot_billing_dot_v1_dot_billing__pb2.PurgeSubjectRequest.SerializeToString,
             secondopinion_dot_billing_dot_v1_dot_billing__pb2.PurgeSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubjectCaseIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.billing.v1.BillingService/ListSubjectCaseIds',
+            secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsRequest.SerializeToString,
+            secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -146,6 +146,10 @@ class BillingServiceStub:
     """Purges a subject's billing data; invoices (accounting records) are restricted
     instead and listed (GDPR-03, BIL-09).
     """
+    ListSubjectCaseIds: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListSubjectCaseIdsRequest, _billing_pb2.ListSubjectCaseIdsResponse]
+    """The case ids of a subject's orders, live or archived: the lifecycle worker hands them
+    to services that know cases by id only (matching). Lifecycle worker only.
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -252,6 +256,10 @@ class BillingServiceAsyncStub(BillingServiceStub):
     PurgeSubject: _aio.UnaryUnaryMultiCallable[_billing_pb2.PurgeSubjectRequest, _billing_pb2.PurgeSubjectResponse]  # type: ignore[assignment]
     """Purges a subject's billing data; invoices (accounting records) are restricted
     instead and listed (GDPR-03, BIL-09).
+    """
+    ListSubjectCaseIds: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListSubjectCaseIdsRequest, _billing_pb2.ListSubjectCaseIdsResponse]  # type: ignore[assignment]
+    """The case ids of a subject's orders, live or archived: the lifecycle worker hands them
+    to services that know cases by id only (matching). Lifecycle worker only.
     """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -608,6 +616,16 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_billing_pb2.PurgeSubjectResponse, _abc.Awaitable[_billing_pb2.PurgeSubjectResponse]]:
         """Purges a subject's billing data; invoices (accounting records) are restricted
         instead and listed (GDPR-03, BIL-09).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSubjectCaseIds(
+        self,
+        request: _billing_pb2.ListSubjectCaseIdsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListSubjectCaseIdsResponse, _abc.Awaitable[_billing_pb2.ListSubjectCaseIdsResponse]]:
+        """The case ids of a subject's orders, live or archived: the lifecycle worker hands them
+        to services that know cases by id only (matching). Lifecycle worker only.
         """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
