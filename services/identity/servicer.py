@@ -67,6 +67,7 @@ ACCOUNT_READERS = (Role.COORDINATOR, Role.DPO, Role.ADMINISTRATOR, Role.SERVICE)
 SUPPORT_STAFF = (Role.COORDINATOR, Role.DPO, Role.ADMINISTRATOR)
 PUBLIC_CALLERS = frozenset({"gateway"})
 MAX_PAGE = 200
+MAX_RECIPIENT_PAGE = 500
 
 
 def ts(value: datetime | None) -> Any:
@@ -959,14 +960,11 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
         require_role(Role.ADMINISTRATOR, Role.SERVICE, services=frozenset({"ops"}))
         kind = required(from_pb_enum(pb.LegalTextKind, TextKind, request.kind), "kind")
         effective = request.effective_at.ToDatetime(UTC) if request.HasField("effective_at") else None
-        if request.announce:
-            raise InvalidArgument(
-                "announcing a new version by email is not available yet; publish without announce"
-            )
+        notice = self._deps.policy.legal_text_notice if request.announce else None
 
         async def publish(session: AsyncSession) -> str:
             text = await evidence.publish_text(
-                session, kind, request.version, request.locale, request.body, effective
+                session, kind, request.version, request.locale, request.body, effective, notice
             )
             return text.text_id
 
@@ -1044,6 +1042,30 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
             current_text_id=check.current.text_id if check.current else "",
             accepted_version=check.accepted_version,
             accepted_at=ts(check.accepted_at),
+        )
+
+    async def ListAnnouncementRecipients(
+        self, request: pb.ListAnnouncementRecipientsRequest, context: Any
+    ) -> pb.ListAnnouncementRecipientsResponse:
+        require_role(Role.SERVICE, services=frozenset({"worker"}))
+        if request.locale not in {"", "fr", "en"}:
+            raise InvalidArgument('locale must be "fr", "en" or empty')
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        limit = min(request.page_size or 50, MAX_RECIPIENT_PAGE)
+        after = request.page_token
+        if after and (len(after) != 36 or after.count("-") != 4):
+            raise InvalidArgument("page_token is not valid")
+        async with self._sessions() as session:
+            rows = await evidence.announcement_recipients(session, request.locale, after, limit)
+        return pb.ListAnnouncementRecipientsResponse(
+            recipients=[
+                pb.AnnouncementRecipient(
+                    account_id=r.account_id, email=r.email, locale=r.locale, first_name=r.first_name
+                )
+                for r in rows
+            ],
+            next_page_token=rows[-1].account_id if len(rows) == limit else "",
         )
 
     async def GiveConsent(self, request: pb.GiveConsentRequest, context: Any) -> pb.GiveConsentResponse:

@@ -49,6 +49,9 @@ class IdentitySettings(ServiceSettings):
     totp_enrolment_ttl_seconds: int = Field(default=15 * 60, ge=60)
     totp_issuer: str = "Second Opinion"
     recovery_code_count: int = Field(default=10, ge=5, le=20)
+    # GDPR-09: an announced terms or privacy-policy version comes into force at least this
+    # many days after it is published (PC §18, CGU §5: users are told before it applies).
+    legal_text_notice_days: int = Field(default=30, ge=1, le=365)
 
     @model_validator(mode="after")
     def _production_needs_a_code_secret(self) -> IdentitySettings:

@@ -1,6 +1,7 @@
 """Account pages in a real browser: a staff member's first login (authenticator enrolment
 with a typed key, recovery codes shown once, then the password change a breach forces),
-filing for a minor with the proof uploaded first and the notice that fits, a coverage
+filing for a minor with the proof uploaded first and the notice that fits, a minor from 15
+attached with their own signed consent as a second file (ACC-13), a coverage
 code instead of a payment, withdrawing the health-data consent (the account closes), and
 closing one's account."""
 
@@ -166,6 +167,89 @@ async def test_a_parent_files_for_a_minor_with_the_proof_and_the_notice_that_fit
     await page.get_by_role("link", name="Notice d'information et consentements").click()
     await expect(page.get_by_text("Notice du représentant légal.")).to_be_visible()
     await screenshot(page, "parent-notice")
+
+
+@pytest.mark.req("ACC-13")
+async def test_a_parent_attaches_a_minor_of_16_with_the_minor_s_own_consent(
+    portal: Portal, context: BrowserContext
+) -> None:
+    parent = await portal.patient("parent16@example.org", phone="+33612340016")
+    as_parent = portal.as_person("identity", parent.account_id, Role.PATIENT)
+    page = await context.new_page()
+    await login(page, portal, parent.email)
+    await page.goto(portal.url + "/account/beneficiaries")
+    assert await axe_violations(page) == []
+    sixteen = date(date.today().year - 16, 1, 1).isoformat()  # 16 on any day of this year
+    await page.get_by_label("Parent d'un enfant mineur").check()
+    await page.get_by_label("Prénom").fill("Inès")
+    await page.get_by_label("Nom", exact=True).fill("Grand")
+    await page.get_by_label("Date de naissance").fill(sixteen)
+    await page.get_by_label("Justificatif").set_input_files(
+        files=FilePayload(name="livret-de-famille.pdf", mimeType="application/pdf", buffer=pdf())
+    )
+    # From 15 the minor consents alone: the parent's attestation is not enough without
+    # the minor's signed consent, and the refusal says what is missing, in French.
+    await page.get_by_label(re.compile("moins de 15 ans")).check()
+    await page.get_by_role("button", name="Ajouter", exact=True).click()
+    await expect(page.locator(".upload-error")).to_contain_text(
+        "À partir de 15 ans, l'enfant consent lui-même"
+    )
+    listed = await as_parent.ListBeneficiaries(identity_pb2.ListBeneficiariesRequest())
+    assert list(listed.beneficiaries) == []
+
+    # The second file is held to the same limit as the first, while it streams in.
+    consent_input = page.get_by_label(re.compile("Consentement signé de l'enfant"))
+    too_large = b"%PDF-1.4\n" + b"0" * (3 * 1024 * 1024)
+    await consent_input.set_input_files(
+        files=FilePayload(name="consentement.pdf", mimeType="application/pdf", buffer=too_large)
+    )
+    await page.get_by_role("button", name="Ajouter", exact=True).click()
+    await expect(page.locator(".upload-error")).to_contain_text("trop volumineux")
+    await consent_input.set_input_files(
+        files=FilePayload(name="consentement-ines.pdf", mimeType="application/pdf", buffer=pdf())
+    )
+    await page.get_by_role("button", name="Ajouter", exact=True).click()
+    await expect(page.get_by_role("status")).to_contain_text("La personne a été ajoutée")
+    listed = await as_parent.ListBeneficiaries(identity_pb2.ListBeneficiariesRequest())
+    [minor] = listed.beneficiaries
+    assert (minor.first_name, minor.kind) == ("Inès", identity_pb2.BENEFICIARY_KIND_MINOR)
+    assert minor.minor_consent_mode == identity_pb2.MINOR_CONSENT_MODE_MINOR_OWN_CONSENT
+    assert minor.proof_document_id and minor.minor_consent_document_id
+    assert minor.minor_consent_document_id != minor.proof_document_id
+    # Both files are the parent's account-level documents, each with its own purpose.
+    dossier = portal.as_person("dossier", parent.account_id, Role.PATIENT)
+    proof = await dossier.GetDocument(dossier_pb2.GetDocumentRequest(document_id=minor.proof_document_id))
+    consent = await dossier.GetDocument(
+        dossier_pb2.GetDocumentRequest(document_id=minor.minor_consent_document_id)
+    )
+    assert proof.document.purpose == dossier_pb2.DOCUMENT_PURPOSE_PROOF_OF_REPRESENTATION
+    assert consent.document.purpose == dossier_pb2.DOCUMENT_PURPOSE_MINOR_CONSENT
+    assert consent.document.file_name == "consentement-ines.pdf"
+    assert not consent.document.case_id
+
+
+@pytest.mark.req("ACC-13")
+async def test_the_missing_minor_consent_is_explained_in_english(
+    portal: Portal, context: BrowserContext
+) -> None:
+    parent = await portal.patient("parent17@example.org", phone="+33612340017")
+    page = await context.new_page()
+    await login(page, portal, parent.email)
+    await context.add_cookies([{"name": "so_lang", "value": "en", "url": portal.url}])  # chosen by the person
+    await page.goto(portal.url + "/account/beneficiaries")
+    await page.get_by_label("Parent of a minor").check()
+    await page.get_by_label("First name").fill("Tom")
+    await page.get_by_label("Last name").fill("Grand")
+    await page.get_by_label("Date of birth").fill(date(date.today().year - 17, 1, 1).isoformat())
+    await page.get_by_label("Proof", exact=True).set_input_files(
+        files=FilePayload(name="proof.pdf", mimeType="application/pdf", buffer=pdf())
+    )
+    await page.get_by_role("button", name="Add", exact=True).click()
+    await expect(page.locator(".upload-error")).to_contain_text("From 15, the child consents alone")
+    listed = await portal.as_person("identity", parent.account_id, Role.PATIENT).ListBeneficiaries(
+        identity_pb2.ListBeneficiariesRequest()
+    )
+    assert list(listed.beneficiaries) == []
 
 
 @pytest.mark.req("BIL-01", "CASE-11")

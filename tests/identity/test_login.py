@@ -229,10 +229,15 @@ async def test_unknown_emails_take_about_as_long_as_wrong_passwords(identity: Id
         )
         return time.perf_counter() - started
 
-    known = [await timed("timing@example.org", i) for i in range(5)]
-    unknown = [await timed("ghost@example.org", i) for i in range(5)]
+    # Interleaved, so a load change on the machine hits both sides alike. Without the dummy
+    # Argon2 verify the unknown email would answer some 20x faster (ratio below 0.1).
+    known: list[float] = []
+    unknown: list[float] = []
+    for i in range(7):
+        known.append(await timed("timing@example.org", i))
+        unknown.append(await timed("ghost@example.org", i))
     ratio = statistics.median(unknown) / statistics.median(known)
-    assert 0.5 < ratio < 2.0, (known, unknown)
+    assert 0.4 < ratio < 2.5, (known, unknown)
 
 
 @pytest.mark.req("ACC-04", "ACC-07")

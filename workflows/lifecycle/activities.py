@@ -46,12 +46,15 @@ from services.shared.protoconv import to_timestamp
 from workflows.grpc_errors import as_activity_error
 from workflows.lifecycle.models import (
     AgePurgeInput,
+    AnnouncePageInput,
+    AnnouncePageResult,
     AnswerCallInput,
     DueSweepInput,
     DueSweepResult,
     ExportInput,
     ExportResult,
     ExtendCallInput,
+    LegalTextFacts,
     NotifyInput,
     RecordActivityInput,
     RequestFacts,
@@ -61,6 +64,7 @@ from workflows.lifecycle.models import (
     StepReport,
     SubjectIdInput,
     SubjectStatus,
+    TextIdInput,
 )
 
 log = logging.getLogger("workflows.lifecycle")
@@ -146,6 +150,8 @@ class LifecycleActivities:
             self.export_subject,
             self.purge_by_age,
             self.start_due_workflows,
+            self.get_legal_text,
+            self.announce_page,
         ]
 
     # ------------------------------------------------------------ retention
@@ -608,3 +614,72 @@ class LifecycleActivities:
             )
             result.ensured += 1
         return result
+
+    # ------------------------------------------------------------ legal-text announcements
+
+    @activity.defn(name="lifecycle.get_legal_text")
+    async def get_legal_text(self, data: TextIdInput) -> LegalTextFacts:
+        try:
+            reply = await self._identity.GetLegalText(ipb.GetLegalTextRequest(text_id=data.text_id))
+        except grpc.aio.AioRpcError as error:
+            _raise(error)
+        text = reply.text
+        return LegalTextFacts(
+            text_id=text.text_id,
+            kind=_enum_name(ipb.LegalTextKind, text.kind),
+            version=text.version,
+            locale=text.locale,
+            effective_at=text.effective_at.ToDatetime(tzinfo=UTC),
+        )
+
+    @activity.defn(name="lifecycle.announce_page")
+    async def announce_page(self, data: AnnouncePageInput) -> AnnouncePageResult:
+        """One page of recipients: a TERMS_UPDATED email to each, keyed `{workflow id}:{account
+        id}` so a retried page or a re-run workflow never sends one twice. Addresses stay
+        here; only counts and the next page token go back to the workflow."""
+        try:
+            reply = await self._identity.ListAnnouncementRecipients(
+                ipb.ListAnnouncementRecipientsRequest(
+                    locale=data.locale, page_size=data.page_size, page_token=data.page_token
+                )
+            )
+        except grpc.aio.AioRpcError as error:
+            _raise(error)
+        link = f"{self._portal}/legal/texts/{data.text_id}"
+        sent = skipped = 0
+        for recipient in reply.recipients:
+            if not recipient.email:
+                skipped += 1
+                continue
+            try:
+                await self._notifications.SendNotification(
+                    npb.SendNotificationRequest(
+                        idempotency_key=f"{data.workflow_id}:{recipient.account_id}",
+                        template=npb.NOTIFICATION_TEMPLATE_TERMS_UPDATED,
+                        channel=npb.CHANNEL_EMAIL,
+                        email=recipient.email,
+                        locale=recipient.locale or "fr",
+                        variables=npb.TemplateVariables(
+                            first_name=recipient.first_name,
+                            date=to_timestamp(data.effective_at),
+                            link=link,
+                        ),
+                    )
+                )
+                sent += 1
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in {
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                }:
+                    raise
+                # An address notifications refuses (or a suppressed recipient) must not stop
+                # the fan-out: counted and logged by id.
+                skipped += 1
+                log.warning(
+                    "announcement_refused",
+                    extra={"fields": {"account_id": recipient.account_id, "code": error.code().name}},
+                )
+            if activity.in_activity():
+                activity.heartbeat(sent + skipped)
+        return AnnouncePageResult(sent=sent, skipped=skipped, next_page_token=reply.next_page_token)

@@ -213,3 +213,51 @@ class SweepResult(BaseModel):
     as_of: datetime
     age_purges: StepReport
     due: list[DueSweepResult] = []
+
+
+class AnnouncementInput(BaseModel):
+    """GDPR-09: tell every account (not closed) about a new legal-text version."""
+
+    text_id: str
+    # Where the fan-out stands when a run continues as new (empty: from the start).
+    page_token: str = ""
+    sent: int = 0
+    skipped: int = 0
+    page_size: int = Field(default=200, ge=1, le=500)
+    # Pages per run before continuing as new (keeps the history small).
+    pages_per_run: int = Field(default=25, ge=1)
+
+
+class LegalTextFacts(BaseModel):
+    text_id: str
+    kind: str
+    version: str
+    locale: str
+    effective_at: datetime
+
+
+class AnnouncePageInput(BaseModel):
+    workflow_id: str
+    text_id: str
+    locale: str
+    effective_at: datetime
+    page_token: str
+    page_size: int
+
+
+class AnnouncePageResult(BaseModel):
+    sent: int
+    skipped: int
+    next_page_token: str
+
+
+class AnnouncementResult(BaseModel):
+    text_id: str
+    version: str
+    effective_at: datetime
+    sent: int
+    skipped: int
+
+
+class TextIdInput(BaseModel):
+    text_id: str

@@ -16,26 +16,35 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
+    WorkflowHandle,
 )
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
 
 from services.shared.auth import ServiceTokenProvider, TokenSigner
 from services.shared.grpc_client import open_channel
 from services.shared.settings import InternalAuthSettings
 from workflows.lifecycle.activities import LifecycleActivities
-from workflows.lifecycle.models import SweepInput
+from workflows.lifecycle.models import AnnouncementInput, AnnouncementResult, SweepInput
 from workflows.lifecycle.settings import LifecycleSettings
 from workflows.lifecycle.workflows import (
+    LegalTextAnnouncementWorkflow,
     RetentionSweepWorkflow,
     RightsRequestWorkflow,
     SubjectRetentionWorkflow,
+    announcement_workflow_id,
 )
 from workflows.settings import TemporalSettings
 from workflows.temporal_client import with_data_converter
 
 # The lifecycle worker calls the services as the platform's worker identity.
 WORKER_ISSUER = "worker"
-WORKFLOWS = [SubjectRetentionWorkflow, RightsRequestWorkflow, RetentionSweepWorkflow]
+WORKFLOWS = [
+    SubjectRetentionWorkflow,
+    RightsRequestWorkflow,
+    RetentionSweepWorkflow,
+    LegalTextAnnouncementWorkflow,
+]
 
 
 def build_lifecycle_worker(
@@ -119,3 +128,18 @@ async def ensure_sweep_schedule(client: Client, settings: LifecycleSettings) -> 
     )
     with contextlib.suppress(ScheduleAlreadyRunningError):
         await client.create_schedule(settings.sweep_schedule_id, schedule)
+
+
+async def start_announcement(
+    client: Client, settings: LifecycleSettings, text_id: str
+) -> WorkflowHandle[Any, AnnouncementResult]:
+    """GDPR-09: after `PublishLegalText(announce=true)`, the publisher starts the fan-out.
+    Starting it again for the same version while it runs returns the running one; once it
+    has finished, a new run sends nothing twice (same idempotency keys)."""
+    return await client.start_workflow(
+        LegalTextAnnouncementWorkflow.run,
+        AnnouncementInput(text_id=text_id),
+        id=announcement_workflow_id(text_id),
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )

@@ -13,6 +13,11 @@
   (logs, IP addresses, payment data, satisfaction answers) and makes sure every subject
   whose clock ran out has its retention workflow (the safety net for subjects whose
   workflow was never started).
+- `LegalTextAnnouncementWorkflow` (id `announce-{text_id}`): GDPR-09, a new terms or
+  privacy-policy version is emailed (TERMS_UPDATED, with the date it comes into force) to
+  every account not closed, in the text's language, exactly once per version: page by
+  page, continuing as new every few pages; each email's idempotency key is
+  `{workflow id}:{account id}`, so a retried page or a re-run never sends twice.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.lifecycle.models import (
         ActivityInput,
         AgePurgeInput,
+        AnnouncementInput,
+        AnnouncementResult,
+        AnnouncePageInput,
+        AnnouncePageResult,
         AnswerCallInput,
         AnswerInput,
         DueSweepInput,
@@ -39,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         ExtendCallInput,
         ExtendInput,
         FulfilResult,
+        LegalTextFacts,
         NotifyInput,
         RecordActivityInput,
         RequestFacts,
@@ -53,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         SubjectStatus,
         SweepInput,
         SweepResult,
+        TextIdInput,
     )
 
 CALL = timedelta(seconds=30)
@@ -76,6 +87,10 @@ def retention_workflow_id(subject_id: str) -> str:
 
 def rights_request_workflow_id(request_id: str) -> str:
     return f"rights-request-{request_id}"
+
+
+def announcement_workflow_id(text_id: str) -> str:
+    return f"announce-{text_id}"
 
 
 @workflow.defn
@@ -479,3 +494,47 @@ class RetentionSweepWorkflow:
                 )
             )
         return SweepResult(as_of=as_of, age_purges=age, due=due)
+
+
+@workflow.defn
+class LegalTextAnnouncementWorkflow:
+    """Started by whoever publishes a version with `announce` (see `start_announcement`)."""
+
+    @workflow.run
+    async def run(self, data: AnnouncementInput) -> AnnouncementResult:
+        text = await workflow.execute_activity(
+            "lifecycle.get_legal_text",
+            TextIdInput(text_id=data.text_id),
+            result_type=LegalTextFacts,
+            start_to_close_timeout=CALL,
+            retry_policy=RETRY,
+        )
+        token, sent, skipped = data.page_token, data.sent, data.skipped
+        for _ in range(data.pages_per_run):
+            page = await workflow.execute_activity(
+                "lifecycle.announce_page",
+                AnnouncePageInput(
+                    workflow_id=workflow.info().workflow_id,
+                    text_id=text.text_id,
+                    locale=text.locale,
+                    effective_at=text.effective_at,
+                    page_token=token,
+                    page_size=data.page_size,
+                ),
+                result_type=AnnouncePageResult,
+                start_to_close_timeout=LONG_CALL,
+                heartbeat_timeout=timedelta(minutes=2),
+                retry_policy=RETRY,
+            )
+            sent, skipped, token = sent + page.sent, skipped + page.skipped, page.next_page_token
+            if not token:
+                return AnnouncementResult(
+                    text_id=text.text_id,
+                    version=text.version,
+                    effective_at=text.effective_at,
+                    sent=sent,
+                    skipped=skipped,
+                )
+        workflow.continue_as_new(
+            data.model_copy(update={"page_token": token, "sent": sent, "skipped": skipped})
+        )

@@ -563,6 +563,18 @@ MESSAGES.update(
             "fr": "Livret de famille, jugement de tutelle ou copie du mandat (PDF, JPEG ou PNG).",
             "en": "Family record book, guardianship judgment or copy of the mandate (PDF, JPEG or PNG).",
         },
+        "minor_consent_document": {
+            "fr": "Consentement signé de l'enfant (à partir de 15 ans)",
+            "en": "The child's signed consent (from 15)",
+        },
+        "minor_consent_document_hint": {
+            "fr": "À partir de 15 ans, l'enfant consent lui-même : joignez son consentement signé (PDF, JPEG ou PNG).",
+            "en": "From 15, the child consents alone: attach their signed consent (PDF, JPEG or PNG).",
+        },
+        "minor_consent_required": {
+            "fr": "À partir de 15 ans, l'enfant consent lui-même : joignez son consentement signé.",
+            "en": "From 15, the child consents alone: attach their signed consent.",
+        },
         "attach": {"fr": "Ajouter", "en": "Add"},
         "beneficiary": {"fr": "Personne concernée", "en": "Person concerned"},
         "beneficiary_attached": {"fr": "La personne a été ajoutée.", "en": "The person was added."},

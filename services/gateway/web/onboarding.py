@@ -5,7 +5,7 @@ attached with their proof uploaded to the dossier first."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,7 +19,7 @@ from secondopinion.identity.v1 import identity_pb2
 from services.gateway.clients import Caller, ServiceClients
 from services.gateway.web.page import ClientsDep, Page, PageDep, client_info, http_status, new_key
 from services.gateway.web.patient import upload_refused
-from services.gateway.web.uploads import BadUpload, TooLarge, receive_upload, request_stream
+from services.gateway.web.uploads import BadUpload, ReceivedFile, TooLarge, receive_upload, request_stream
 from services.shared.protoconv import pb_enum_to_code
 
 router = APIRouter(include_in_schema=False)
@@ -32,6 +32,11 @@ PROOF_PURPOSE = {
     "ward": dossier_pb2.DOCUMENT_PURPOSE_PROOF_OF_REPRESENTATION,
     "mandator": dossier_pb2.DOCUMENT_PURPOSE_MANDATE,
 }
+# The minor's own signed consent, sent with the parent's proof from 15 (ACC-13).
+MINOR_CONSENT_FILE = "minor_consent_file"
+# Identity decides (article 45 of the French data protection act); the form checks it first
+# only to say what is missing before anything is uploaded.
+MINOR_SELF_CONSENT_AGE = 15
 CAPACITY_BY_KIND = {
     "minor": "legal_representative_of_minor",
     "ward": "legal_representative_of_ward",
@@ -222,10 +227,48 @@ async def beneficiaries_page(p: PageDep, clients: ClientsDep) -> Response:
     )
 
 
+def age_today(birth_date: str) -> int | None:
+    """The age on today's date (UTC, as identity counts it); None when not a date."""
+    try:
+        birth = date.fromisoformat(birth_date)
+    except ValueError:
+        return None
+    today = datetime.now(UTC).date()
+    return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+
+
+async def account_document(
+    clients: ServiceClients,
+    caller: Caller,
+    idempotency_key: str,
+    purpose: dossier_pb2.DocumentPurpose.ValueType,
+    received: ReceivedFile,
+) -> str:
+    """Streams one file to the dossier as an account-level document; returns its id."""
+    uploaded = await clients.dossier.UploadDocument(
+        request_stream(
+            dossier_pb2.UploadDocumentRequest(
+                idempotency_key=idempotency_key,
+                metadata=dossier_pb2.UploadDocumentMetadata(
+                    purpose=purpose,
+                    file_name=received.file_name,
+                    declared_size_bytes=received.size,
+                ),
+            ),
+            received,
+            lambda b: dossier_pb2.UploadDocumentRequest(chunk=b),
+        ),
+        metadata=caller.metadata,
+        timeout=clients.transfer_timeout,
+    )
+    return str(uploaded.document.document_id)
+
+
 @router.post("/account/beneficiaries")
 async def attach_beneficiary(p: PageDep, clients: ClientsDep) -> Response:
     """The proof streams to the dossier (an account-level document), then identity records
-    the representation with that document's id."""
+    the representation with that document's id. For a minor from 15, the minor's own signed
+    consent is a second file of the same form, stored the same way (ACC-13)."""
     caller = _require_patient(p)
     if isinstance(caller, Response):
         return caller
@@ -235,7 +278,7 @@ async def attach_beneficiary(p: PageDep, clients: ClientsDep) -> Response:
         return limited
     limit = p.request.app.state.settings.max_upload_bytes
     try:
-        received = await receive_upload(p.request, limit)
+        received = await receive_upload(p.request, limit, optional_files=(MINOR_CONSENT_FILE,))
     except TooLarge:
         return upload_refused(p, 413, p.t("upload_too_large", mb=limit // (1024 * 1024) or 1))
     except BadUpload as exc:
@@ -251,35 +294,29 @@ async def attach_beneficiary(p: PageDep, clients: ClientsDep) -> Response:
         key = fields.get("upload_key", "")[:64] or new_key()
         first_name, last_name = fields.get("first_name", "")[:100], fields.get("last_name", "")[:100]
         birth_date = fields.get("birth_date", "")[:10]
+        minor_consent = received.extra.get(MINOR_CONSENT_FILE)
+        age = age_today(birth_date)
+        # Not a date: identity says so; otherwise the age picks who consents.
+        own_consent = minor_consent is not None if age is None else age >= MINOR_SELF_CONSENT_AGE
+        if kind == "minor" and own_consent and minor_consent is None:
+            return upload_refused(p, 400, p.t("minor_consent_required"))
         try:
-            uploaded = await clients.dossier.UploadDocument(
-                request_stream(
-                    dossier_pb2.UploadDocumentRequest(
-                        idempotency_key=f"proof:{key}",
-                        metadata=dossier_pb2.UploadDocumentMetadata(
-                            purpose=purpose, file_name=received.file_name, declared_size_bytes=received.size
-                        ),
-                    ),
-                    received,
-                    lambda b: dossier_pb2.UploadDocumentRequest(chunk=b),
-                ),
-                metadata=caller.metadata,
-                timeout=clients.transfer_timeout,
-            )
-            document_id = uploaded.document.document_id
+            document_id = await account_document(clients, caller, f"proof:{key}", purpose, received)
             info = client_info(p.request)
             if kind == "minor":
-                await clients.identity.AttachMinor(
-                    identity_pb2.AttachMinorRequest(
-                        idempotency_key=f"minor:{key}", first_name=first_name, last_name=last_name,
-                        birth_date=birth_date, proof_document_id=document_id,
-                        minor_consent_mode=identity_pb2.MINOR_CONSENT_MODE_PARENT_ATTESTS_MINOR_INFORMED
-                        if fields.get("parent_attests") == "yes"
-                        else identity_pb2.MINOR_CONSENT_MODE_UNSPECIFIED,
-                        client=info,
-                    ),
-                    metadata=caller.metadata,
+                request = identity_pb2.AttachMinorRequest(
+                    idempotency_key=f"minor:{key}", first_name=first_name, last_name=last_name,
+                    birth_date=birth_date, proof_document_id=document_id, client=info,
                 )  # fmt: skip
+                if own_consent and minor_consent is not None:
+                    request.minor_consent_mode = identity_pb2.MINOR_CONSENT_MODE_MINOR_OWN_CONSENT
+                    request.minor_consent_document_id = await account_document(
+                        clients, caller, f"minor-consent:{key}",
+                        dossier_pb2.DOCUMENT_PURPOSE_MINOR_CONSENT, minor_consent,
+                    )  # fmt: skip
+                elif fields.get("parent_attests") == "yes":
+                    request.minor_consent_mode = identity_pb2.MINOR_CONSENT_MODE_PARENT_ATTESTS_MINOR_INFORMED
+                await clients.identity.AttachMinor(request, metadata=caller.metadata)
             elif kind == "ward":
                 await clients.identity.AttachWard(
                     identity_pb2.AttachWardRequest(
@@ -289,7 +326,7 @@ async def attach_beneficiary(p: PageDep, clients: ClientsDep) -> Response:
                     metadata=caller.metadata,
                 )  # fmt: skip
             else:
-                request = identity_pb2.RecordMandateRequest(
+                mandate = identity_pb2.RecordMandateRequest(
                     idempotency_key=f"mandate:{key}", first_name=first_name, last_name=last_name,
                     birth_date=birth_date, mandate_document_id=document_id, client=info,
                 )  # fmt: skip
@@ -301,8 +338,8 @@ async def attach_beneficiary(p: PageDep, clients: ClientsDep) -> Response:
                         return upload_refused(p, 400, p.t("form_error", detail="valid_until"))
                     stamp = Timestamp()
                     stamp.FromDatetime(datetime.combine(day, time(23, 59), tzinfo=UTC))
-                    request.valid_until.CopyFrom(stamp)
-                await clients.identity.RecordMandate(request, metadata=caller.metadata)
+                    mandate.valid_until.CopyFrom(stamp)
+                await clients.identity.RecordMandate(mandate, metadata=caller.metadata)
         except grpc.aio.AioRpcError as error:
             status = http_status(error)
             if status >= 500:

@@ -29,6 +29,7 @@ class Policy:
     public_base_url: str
     totp_issuer: str
     recovery_code_count: int
+    legal_text_notice: timedelta = timedelta(days=30)
 
     @classmethod
     def from_settings(cls, s: IdentitySettings) -> Policy:
@@ -49,6 +50,7 @@ class Policy:
             public_base_url=s.public_base_url.rstrip("/"),
             totp_issuer=s.totp_issuer,
             recovery_code_count=s.recovery_code_count,
+            legal_text_notice=timedelta(days=s.legal_text_notice_days),
         )
 
 

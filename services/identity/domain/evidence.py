@@ -14,14 +14,15 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.identity.domain.accounts import AccountStatus
 from services.identity.domain.events import NO_CLIENT, Client
-from services.identity.models import Beneficiary, EvidenceChainHead, EvidenceRecord, LegalText
+from services.identity.models import Account, Beneficiary, EvidenceChainHead, EvidenceRecord, LegalText
 from services.shared.db import utcnow
 from services.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
@@ -83,8 +84,20 @@ class AuthContext:
 
 
 async def publish_text(
-    session: AsyncSession, kind: TextKind, version: str, locale: str, body: str, effective_at: datetime | None
+    session: AsyncSession,
+    kind: TextKind,
+    version: str,
+    locale: str,
+    body: str,
+    effective_at: datetime | None,
+    announce_notice: timedelta | None = None,
 ) -> LegalText:
+    """Records a version; it is in force from `effective_at` (now when unset).
+
+    With `announce_notice` (GDPR-09: the change is announced to every user before it
+    applies), `effective_at` must be at least that far in the future; the caller then
+    starts the announcement workflow (workflows.lifecycle, id `announce-{text_id}`).
+    """
     if not VERSION_PATTERN.match(version):
         raise InvalidArgument("version is 1 to 40 letters, digits, dots, dashes or underscores")
     if locale not in {"fr", "en"}:
@@ -95,6 +108,11 @@ async def publish_text(
     effective = effective_at or now
     if effective < now.replace(microsecond=0):
         raise InvalidArgument("effective_at cannot be in the past")
+    if announce_notice is not None and (effective_at is None or effective < now + announce_notice):
+        days = announce_notice.total_seconds() / 86400
+        raise InvalidArgument(
+            f"an announced version must come into force at least {days:g} days after publication"
+        )
     exists = await session.scalar(
         select(LegalText.text_id).where(
             LegalText.kind == kind.value, LegalText.version == version, LegalText.locale == locale
@@ -143,6 +161,36 @@ async def list_versions(session: AsyncSession, kind: TextKind, locale: str) -> l
     if locale:
         statement = statement.where(LegalText.locale == locale)
     return list(await session.scalars(statement.order_by(LegalText.published_at.desc())))
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    account_id: str
+    email: str
+    locale: str
+    first_name: str
+
+
+async def announcement_recipients(
+    session: AsyncSession, locale: str, after_account_id: str, limit: int
+) -> list[Recipient]:
+    """Accounts not closed (active, locked or blocked: the terms bind them all), keyset-paged
+    by account id so accounts created during the fan-out never shift a page."""
+    statement = select(Account).where(
+        Account.status != AccountStatus.CLOSED.value, Account.account_id > after_account_id
+    )
+    if locale:
+        statement = statement.where(Account.locale == locale)
+    accounts = await session.scalars(statement.order_by(Account.account_id).limit(limit))
+    return [
+        Recipient(
+            account_id=a.account_id,
+            email=a.email,
+            locale=a.locale or "fr",
+            first_name=a.display_name.split(" ")[0] if a.display_name else "",
+        )
+        for a in accounts
+    ]
 
 
 # ---------------------------------------------------------------- the chain

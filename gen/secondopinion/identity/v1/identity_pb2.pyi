@@ -3957,6 +3957,98 @@ class CheckLatestTermsAcceptedResponse(_message.Message):
 Global___CheckLatestTermsAcceptedResponse: _TypeAlias = CheckLatestTermsAcceptedResponse  # noqa: Y015
 
 @_typing.final
+class ListAnnouncementRecipientsRequest(_message.Message):
+    """Request of ListAnnouncementRecipients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCALE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    locale: _builtins.str
+    """Only accounts whose language is this ("fr" or "en"); empty for every language."""
+    page_size: _builtins.int
+    """At most this many accounts (default 50, at most 500)."""
+    page_token: _builtins.str
+    """Opaque token from the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        locale: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["locale", b"locale", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAnnouncementRecipientsRequest: _TypeAlias = ListAnnouncementRecipientsRequest  # noqa: Y015
+
+@_typing.final
+class AnnouncementRecipient(_message.Message):
+    """One account to tell about a change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
+    FIRST_NAME_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """Account id (UUID)."""
+    email: _builtins.str
+    """Where the email goes (empty when the account has none)."""
+    locale: _builtins.str
+    """The account's language."""
+    first_name: _builtins.str
+    """First word of the display name (empty if none)."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        locale: _builtins.str = ...,
+        first_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "email", b"email", "first_name", b"first_name", "locale", b"locale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnnouncementRecipient: _TypeAlias = AnnouncementRecipient  # noqa: Y015
+
+@_typing.final
+class ListAnnouncementRecipientsResponse(_message.Message):
+    """Response of ListAnnouncementRecipients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnnouncementRecipient]:
+        """Accounts not closed, in account-id order."""
+
+    def __init__(
+        self,
+        *,
+        recipients: _abc.Iterable[Global___AnnouncementRecipient] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "recipients", b"recipients"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAnnouncementRecipientsResponse: _TypeAlias = ListAnnouncementRecipientsResponse  # noqa: Y015
+
+@_typing.final
 class GiveConsentRequest(_message.Message):
     """Request of GiveConsent."""
 

@@ -266,6 +266,11 @@ class IdentityServiceStub:
                 request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.CheckLatestTermsAcceptedRequest.SerializeToString,
                 response_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.CheckLatestTermsAcceptedResponse.FromString,
                 _registered_method=True)
+        self.ListAnnouncementRecipients = channel.unary_unary(
+                '/secondopinion.identity.v1.IdentityService/ListAnnouncementRecipients',
+                request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ListAnnouncementRecipientsRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ListAnnouncementRecipientsResponse.FromString,
+                _registered_method=True)
         self.GiveConsent = channel.unary_unary(
                 '/secondopinion.identity.v1.IdentityService/GiveConsent',
                 request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.GiveConsentRequest.SerializeToString,
@@ -732,6 +737,14 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAnnouncementRecipients(self, request, context):
+        """Pages through the accounts that are not closed, with the contact details needed to
+        announce a legal-text change to them (GDPR-09); for the lifecycle worker only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GiveConsent(self, request, context):
         """Records a consent given separately (CNS-04, CASE-14 personal-assistant mandate).
         """
@@ -1146,6 +1159,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.CheckLatestTermsAccepted,
                     request_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.CheckLatestTermsAcceptedRequest.FromString,
                     response_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.CheckLatestTermsAcceptedResponse.SerializeToString,
+            ),
+            'ListAnnouncementRecipients': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAnnouncementRecipients,
+                    request_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ListAnnouncementRecipientsRequest.FromString,
+                    response_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ListAnnouncementRecipientsResponse.SerializeToString,
             ),
             'GiveConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.GiveConsent,
@@ -2516,6 +2534,33 @@ class IdentityService:
             '/secondopinion.identity.v1.IdentityService/CheckLatestTermsAccepted',
             secondopinion_dot_identity_dot_v1_dot_identity__pb2.CheckLatestTermsAcceptedRequest.SerializeToString,
             secondopinion_dot_identity_dot_v1_dot_identity__pb2.CheckLatestTermsAcceptedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAnnouncementRecipients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.identity.v1.IdentityService/ListAnnouncementRecipients',
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.ListAnnouncementRecipientsRequest.SerializeToString,
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.ListAnnouncementRecipientsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -161,6 +161,10 @@ class IdentityServiceStub:
     """Tells whether an account accepted the terms version in force (CNS-01); the case
     workflow checks it before each opinion request.
     """
+    ListAnnouncementRecipients: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListAnnouncementRecipientsRequest, _identity_pb2.ListAnnouncementRecipientsResponse]
+    """Pages through the accounts that are not closed, with the contact details needed to
+    announce a legal-text change to them (GDPR-09); for the lifecycle worker only.
+    """
     GiveConsent: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GiveConsentRequest, _identity_pb2.GiveConsentResponse]
     """Records a consent given separately (CNS-04, CASE-14 personal-assistant mandate)."""
     WithdrawConsent: _grpc.UnaryUnaryMultiCallable[_identity_pb2.WithdrawConsentRequest, _identity_pb2.WithdrawConsentResponse]
@@ -346,6 +350,10 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     CheckLatestTermsAccepted: _aio.UnaryUnaryMultiCallable[_identity_pb2.CheckLatestTermsAcceptedRequest, _identity_pb2.CheckLatestTermsAcceptedResponse]  # type: ignore[assignment]
     """Tells whether an account accepted the terms version in force (CNS-01); the case
     workflow checks it before each opinion request.
+    """
+    ListAnnouncementRecipients: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListAnnouncementRecipientsRequest, _identity_pb2.ListAnnouncementRecipientsResponse]  # type: ignore[assignment]
+    """Pages through the accounts that are not closed, with the contact details needed to
+    announce a legal-text change to them (GDPR-09); for the lifecycle worker only.
     """
     GiveConsent: _aio.UnaryUnaryMultiCallable[_identity_pb2.GiveConsentRequest, _identity_pb2.GiveConsentResponse]  # type: ignore[assignment]
     """Records a consent given separately (CNS-04, CASE-14 personal-assistant mandate)."""
@@ -805,6 +813,16 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_pb2.CheckLatestTermsAcceptedResponse, _abc.Awaitable[_identity_pb2.CheckLatestTermsAcceptedResponse]]:
         """Tells whether an account accepted the terms version in force (CNS-01); the case
         workflow checks it before each opinion request.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAnnouncementRecipients(
+        self,
+        request: _identity_pb2.ListAnnouncementRecipientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ListAnnouncementRecipientsResponse, _abc.Awaitable[_identity_pb2.ListAnnouncementRecipientsResponse]]:
+        """Pages through the accounts that are not closed, with the contact details needed to
+        announce a legal-text change to them (GDPR-09); for the lifecycle worker only.
         """
 
     @_abc_1.abstractmethod

@@ -4,7 +4,6 @@ document.addEventListener("DOMContentLoaded", () => {
     form.addEventListener("submit", (event) => {
       const progress = form.querySelector("progress");
       const error = form.querySelector(".upload-error");
-      const input = form.querySelector("input[type=file]");
       const max = Number(form.dataset.maxBytes || 0);
       const show = (text) => {
         if (!error) return;
@@ -13,7 +12,10 @@ document.addEventListener("DOMContentLoaded", () => {
         error.focus();
       };
       if (error) error.hidden = true;
-      if (input && input.files.length && max && input.files[0].size > max) {
+      const tooBig = [...form.querySelectorAll("input[type=file]")].some(
+        (field) => field.files.length && max && field.files[0].size > max,
+      );
+      if (tooBig) {
         event.preventDefault();
         show(document.documentElement.lang === "en"
           ? `The file is too large (${Math.round(max / 1048576)} MB at most).`
