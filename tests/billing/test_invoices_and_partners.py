@@ -54,7 +54,7 @@ def pdf_text(content: bytes) -> str:
     return " ".join(" ".join(page.extract_text().split()) for page in PdfReader(io.BytesIO(content)).pages)
 
 
-@pytest.mark.req("BIL-04", "BIL-05", "BIL-08", "BIL-09")
+@pytest.mark.req("BIL-03", "BIL-04", "BIL-05", "BIL-08", "BIL-09", "BIL-11")
 async def test_invoices_are_issued_per_doctor_under_mandate_numbered_archived_and_downloadable(
     env: Env,
 ) -> None:
@@ -102,6 +102,8 @@ async def test_invoices_are_issued_per_doctor_under_mandate_numbered_archived_an
         and "Dr Claire Martin" in body
         and doctor_invoice.invoice_number in body
     )
+    # BIL-03 / BIL-11: firm prices all taxes included, and no withdrawal right, stated on the invoice.
+    assert "toutes taxes comprises" in body and "Pas de droit de rétractation" in body
     # Someone else cannot read it.
     other = env.billing(env.person(str(uuid.uuid4()), Role.PATIENT))
     await expect_status(
