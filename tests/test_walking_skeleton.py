@@ -51,7 +51,8 @@ async def seed_doctor_and_patient(stack: Stack) -> str:
 
 
 @pytest.mark.temporal
-@pytest.mark.req("SEC-01", "CASE-11")
+@pytest.mark.req("SEC-01")
+@pytest.mark.req("CASE-11")
 async def test_one_trace_spans_gateway_services_and_workflow(tmp_path: Path, temporal_client: Client) -> None:
     queue = f"cases-{uuid.uuid4().hex[:8]}"
     async with platform_stack(tmp_path, "sqlite", temporal=temporal_client, task_queue=queue) as stack:

@@ -42,7 +42,8 @@ async def validate(env: Env, order: pb.Order, code: str) -> pb.Order:
     return covered
 
 
-@pytest.mark.req("BIL-01", "CASE-11")
+@pytest.mark.req("BIL-01")
+@pytest.mark.req("CASE-11")
 async def test_a_valid_code_covers_the_order_and_bad_codes_get_clear_statuses(env: Env) -> None:
     partner_id, agreement_id = await partner_with_agreement(env, areas=["cardiology"], quota=3)
     expiry = now() + timedelta(days=30)

@@ -54,7 +54,12 @@ def pdf_text(content: bytes) -> str:
     return " ".join(" ".join(page.extract_text().split()) for page in PdfReader(io.BytesIO(content)).pages)
 
 
-@pytest.mark.req("BIL-03", "BIL-04", "BIL-05", "BIL-08", "BIL-09", "BIL-11")
+@pytest.mark.req("BIL-03")
+@pytest.mark.req("BIL-04")
+@pytest.mark.req("BIL-05")
+@pytest.mark.req("BIL-08")
+@pytest.mark.req("BIL-09")
+@pytest.mark.req("BIL-11")
 async def test_invoices_are_issued_per_doctor_under_mandate_numbered_archived_and_downloadable(
     env: Env,
 ) -> None:
@@ -244,7 +249,9 @@ async def partner_key(env: Env, partner_id: str) -> tuple[str, str]:
     return created.api_key, created.credential.credential_id
 
 
-@pytest.mark.req("BIL-01", "BIL-10", "CASE-15")
+@pytest.mark.req("BIL-01")
+@pytest.mark.req("BIL-10")
+@pytest.mark.req("CASE-15")
 async def test_the_partner_api_authenticates_each_partner_and_confines_it_to_its_data(env: Env) -> None:
     partner_id, agreement_id = await partner_with_agreement(env)
     other_id, _ = await partner_with_agreement(env)

@@ -38,7 +38,8 @@ def signed(env: Env, data: str, key: object | None = None) -> str:
     return f"{data}&Sign={quote(base64.b64encode(signature).decode(), safe='')}"
 
 
-@pytest.mark.req("BIL-03", "BIL-09")
+@pytest.mark.req("BIL-03")
+@pytest.mark.req("BIL-09")
 async def test_the_price_comes_from_the_catalog_in_force_and_is_fixed_on_the_order(env: Env) -> None:
     billing = env.billing()
     price = (
@@ -118,7 +119,10 @@ async def test_the_price_comes_from_the_catalog_in_force_and_is_fixed_on_the_ord
     )
 
 
-@pytest.mark.req("BIL-02", "BIL-06", "BIL-07", "CASE-11")
+@pytest.mark.req("BIL-02")
+@pytest.mark.req("BIL-06")
+@pytest.mark.req("BIL-07")
+@pytest.mark.req("CASE-11")
 async def test_card_payment_through_the_sandbox_captures_once_and_sends_the_summary(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -64,7 +64,9 @@ async def order_status(env: Env, order: pb.Order) -> int:
     return int(got.order.status)
 
 
-@pytest.mark.req("BIL-02", "BIL-06", "CASE-11")
+@pytest.mark.req("BIL-02")
+@pytest.mark.req("BIL-06")
+@pytest.mark.req("CASE-11")
 async def test_a_cancelled_case_is_refunded_in_full_once_through_the_psp(env: Env) -> None:
     payer = await env.sign_up()
     order, attempt = await paid_order(env, payer)
@@ -117,7 +119,8 @@ async def test_a_cancelled_case_is_refunded_in_full_once_through_the_psp(env: En
     assert SUCCESS_CARD not in dump and "1111 2222" not in dump
 
 
-@pytest.mark.req("BIL-02", "BIL-09")
+@pytest.mark.req("BIL-02")
+@pytest.mark.req("BIL-09")
 async def test_partial_refunds_credit_the_invoices_and_the_doctors_ledger(env: Env) -> None:
     order, attempt = await paid_order(env)
     mandate = await record_mandate(env)
@@ -268,7 +271,8 @@ async def test_the_sandbox_checks_the_refund_signature_and_answers_a_question_on
     assert refunds_at_psp(env, attempt.psp_transaction_id) == [100]
 
 
-@pytest.mark.req("BIL-01", "CASE-11")
+@pytest.mark.req("BIL-01")
+@pytest.mark.req("CASE-11")
 async def test_a_cancelled_covered_order_is_not_invoiced_to_the_partner(env: Env) -> None:
     partner_id, agreement_id = await partner_with_agreement(env)
     codes = (
@@ -337,7 +341,8 @@ async def test_a_cancelled_covered_order_is_not_invoiced_to_the_partner(env: Env
     assert len(env.sandbox.refunds) == refunds_before  # no PSP refund for a covered order
 
 
-@pytest.mark.req("BIL-02", "BIL-06")
+@pytest.mark.req("BIL-02")
+@pytest.mark.req("BIL-06")
 async def test_concurrent_duplicate_refunds_refund_exactly_once_at_the_psp(env: Env) -> None:
     order, attempt = await paid_order(env)
     worker = env.billing(env.tokens("worker"))

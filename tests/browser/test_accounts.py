@@ -55,7 +55,8 @@ async def account_status(portal: Portal, account_id: str) -> int:
     return int(found.account.status)
 
 
-@pytest.mark.req("ACC-10", "ACC-12")
+@pytest.mark.req("ACC-10")
+@pytest.mark.req("ACC-12")
 async def test_staff_first_login_enrols_the_authenticator_then_changes_a_breached_password(
     portal: Portal, context: BrowserContext
 ) -> None:
@@ -127,7 +128,9 @@ async def test_staff_first_login_enrols_the_authenticator_then_changes_a_breache
     assert identity_pb2.SECOND_FACTOR_KIND_TOTP in started.required_factors
 
 
-@pytest.mark.req("ACC-03", "ACC-13", "CNS-04")
+@pytest.mark.req("ACC-03")
+@pytest.mark.req("ACC-13")
+@pytest.mark.req("CNS-04")
 async def test_a_parent_files_for_a_minor_with_the_proof_and_the_notice_that_fits(
     portal: Portal, context: BrowserContext
 ) -> None:
@@ -252,7 +255,8 @@ async def test_the_missing_minor_consent_is_explained_in_english(
     assert list(listed.beneficiaries) == []
 
 
-@pytest.mark.req("BIL-01", "CASE-11")
+@pytest.mark.req("BIL-01")
+@pytest.mark.req("CASE-11")
 async def test_a_coverage_code_replaces_the_payment(portal: Portal, context: BrowserContext) -> None:
     covered = await portal.patient("covered@example.org")
     page = await context.new_page()
@@ -272,7 +276,8 @@ async def test_a_coverage_code_replaces_the_payment(portal: Portal, context: Bro
     await expect(page.get_by_role("button", name="Payer par carte")).to_have_count(0)
 
 
-@pytest.mark.req("CNS-06", "CNS-02")
+@pytest.mark.req("CNS-06")
+@pytest.mark.req("CNS-02")
 async def test_withdrawing_the_health_data_consent_closes_the_account(
     portal: Portal, context: BrowserContext
 ) -> None:

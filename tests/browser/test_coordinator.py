@@ -46,7 +46,10 @@ async def _new_case(portal: Portal, patient: Person, key: str) -> dossier_pb2.Ca
     return case
 
 
-@pytest.mark.req("CASE-04", "CASE-14", "CASE-17", "SEC-05")
+@pytest.mark.req("CASE-04")
+@pytest.mark.req("CASE-14")
+@pytest.mark.req("CASE-17")
+@pytest.mark.req("SEC-05")
 async def test_coordinator_handles_escalated_and_at_risk_cases(portal: Portal, browser: Browser) -> None:
     patient = await portal.patient("coordinated.patient@example.org")
     escalated = await _new_case(portal, patient, "coord-escalated")

@@ -40,14 +40,25 @@ async def sign_up_and_log_in(page: Page, portal: Portal, email: str) -> None:
     await login(page, portal, email.lower())
 
 
-@pytest.mark.req(
-    "ACC-01", "ACC-05", "ACC-06", "ACC-12", "CASE-02", "CASE-03", "CASE-04", "CASE-05", "CASE-06",
-    "CASE-07", "CASE-12", "CNS-01", "CNS-02", "CNS-04", "BIL-02", "BIL-06", "BIL-08", "DOC-04", "SEC-08",
-)  # fmt: skip
-async def test_patient_from_sign_up_to_the_report_and_invoice_with_the_doctor(
-    portal: Portal, browser: Browser
-) -> None:
-    patient_context = await browser.new_context(locale="fr-FR", accept_downloads=True)
+@pytest.mark.req("ACC-01")
+@pytest.mark.req("ACC-05")
+@pytest.mark.req("ACC-06")
+@pytest.mark.req("ACC-12")
+@pytest.mark.req("CASE-02")
+@pytest.mark.req("CASE-03")
+@pytest.mark.req("CASE-04")
+@pytest.mark.req("CASE-05")
+@pytest.mark.req("CASE-06")
+@pytest.mark.req("CASE-07")
+@pytest.mark.req("CASE-12")
+@pytest.mark.req("CNS-01")
+@pytest.mark.req("CNS-02")
+@pytest.mark.req("CNS-04")
+@pytest.mark.req("BIL-02")
+@pytest.mark.req("BIL-06")
+@pytest.mark.req("BIL-08")
+@pytest.mark.req("DOC-04")
+@pytest.mark.req("SEC-08")
     doctor_context = await browser.new_context(locale="fr-FR")
     page = await patient_context.new_page()
     doctor_page = await doctor_context.new_page()

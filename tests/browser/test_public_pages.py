@@ -10,7 +10,8 @@ from tests.browser.conftest import axe_violations, screenshot
 from tests.support.stack import Stack
 
 
-@pytest.mark.req("CASE-07", "CNS-09")
+@pytest.mark.req("CASE-07")
+@pytest.mark.req("CNS-09")
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_home_warns_about_emergencies_and_asks_about_cookies(stack: Stack, page: Page) -> None:
     csp_errors: list[str] = []

@@ -37,7 +37,8 @@ async def _case(portal: Portal, patient: Person, key: str) -> str:
     return case_id
 
 
-@pytest.mark.req("DOC-01", "CASE-05")
+@pytest.mark.req("DOC-01")
+@pytest.mark.req("CASE-05")
 async def test_a_doctor_declines_an_offer_and_asks_for_a_new_copy_of_a_document(
     portal: Portal, browser: Browser
 ) -> None:
@@ -88,7 +89,8 @@ async def test_a_doctor_declines_an_offer_and_asks_for_a_new_copy_of_a_document(
         await context.close()
 
 
-@pytest.mark.req("ACC-15", "SEC-08")
+@pytest.mark.req("ACC-15")
+@pytest.mark.req("SEC-08")
 async def test_a_referring_doctor_invites_a_patient(portal: Portal, browser: Browser) -> None:
     referrer = await portal.staff(
         identity_pb2.ACCOUNT_ROLE_REFERRING_DOCTOR, "dr.traitant@example.org", "Dr Traitant"

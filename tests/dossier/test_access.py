@@ -29,7 +29,10 @@ def reads(case_id: str) -> list[tuple[str, object]]:
     ]
 
 
-@pytest.mark.req("DOC-02", "SEC-05", "CASE-08", "CASE-12")
+@pytest.mark.req("DOC-02")
+@pytest.mark.req("SEC-05")
+@pytest.mark.req("CASE-08")
+@pytest.mark.req("CASE-12")
 async def test_only_the_filer_assigned_doctors_and_habilitated_staff_see_a_case(dossier: Dossier) -> None:
     alice = await dossier.patient("alice")
     case = await create_case(alice, purpose=pb.CASE_PURPOSE_OPINION_BEFORE_INDEMNITY_CLAIM)
@@ -84,7 +87,8 @@ async def test_only_the_filer_assigned_doctors_and_habilitated_staff_see_a_case(
     await expect_status(refused["partner"].ListCases(pb.ListCasesRequest(scope=pb.CASE_LIST_SCOPE_MINE)), PD)
 
 
-@pytest.mark.req("DOC-02", "DOC-03")
+@pytest.mark.req("DOC-02")
+@pytest.mark.req("DOC-03")
 async def test_a_doctor_sees_a_case_only_while_assigned_and_not_opposed(dossier: Dossier) -> None:
     alice = await dossier.patient()
     doctor = await dossier.doctor("doctor-account-1")
@@ -172,7 +176,8 @@ async def test_a_doctor_sees_a_case_only_while_assigned_and_not_opposed(dossier:
     assert (await alice.GetCase(get)).case.assigned_doctor_ids == []
 
 
-@pytest.mark.req("SEC-01", "CASE-14")
+@pytest.mark.req("SEC-01")
+@pytest.mark.req("CASE-14")
 async def test_every_access_is_logged_and_people_get_the_history_of_accesses_to_their_data(
     dossier: Dossier,
 ) -> None:

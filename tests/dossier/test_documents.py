@@ -80,7 +80,10 @@ async def nothing_left(dossier: Dossier, expected_documents: int) -> None:
     assert not list(dossier.settings.scratch_dir.iterdir())
 
 
-@pytest.mark.req("CASE-04", "CASE-12", "SEC-03", "SEC-07")
+@pytest.mark.req("CASE-04")
+@pytest.mark.req("CASE-12")
+@pytest.mark.req("SEC-03")
+@pytest.mark.req("SEC-07")
 async def test_documents_round_trip_encrypted_each_under_its_own_key(dossier_stores: Dossier) -> None:
     dossier = dossier_stores
     alice = await dossier.patient()
@@ -134,7 +137,8 @@ async def test_documents_round_trip_encrypted_each_under_its_own_key(dossier_sto
         await expect_status(download(stub, document_id), grpc.StatusCode.NOT_FOUND)
 
 
-@pytest.mark.req("SEC-07", "CASE-04")
+@pytest.mark.req("SEC-07")
+@pytest.mark.req("CASE-04")
 async def test_bad_uploads_get_a_clear_status_and_leave_nothing_behind(dossier_stores: Dossier) -> None:
     dossier = dossier_stores
     alice = await dossier.patient()
@@ -279,7 +283,8 @@ async def test_malware_is_rejected_and_documents_stay_quarantined_until_a_clean_
     ]  # the infected object was destroyed
 
 
-@pytest.mark.req("SEC-02", "SEC-03")
+@pytest.mark.req("SEC-02")
+@pytest.mark.req("SEC-03")
 async def test_tampering_is_detected_and_a_master_key_rotation_only_rewraps(dossier_stores: Dossier) -> None:
     dossier = dossier_stores
     alice = await dossier.patient()
@@ -319,7 +324,9 @@ async def test_tampering_is_detected_and_a_master_key_rotation_only_rewraps(doss
     await expect_status(download(alice, document.document_id), grpc.StatusCode.DATA_LOSS)
 
 
-@pytest.mark.req("CASE-04", "CASE-06", "SEC-05")
+@pytest.mark.req("CASE-04")
+@pytest.mark.req("CASE-06")
+@pytest.mark.req("SEC-05")
 async def test_postal_documents_flags_and_replacements(dossier_stores: Dossier) -> None:
     dossier = dossier_stores
     alice = await dossier.patient()

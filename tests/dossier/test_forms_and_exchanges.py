@@ -32,7 +32,8 @@ PATHOLOGY = {
 }
 
 
-@pytest.mark.req("CASE-02", "CASE-03")
+@pytest.mark.req("CASE-02")
+@pytest.mark.req("CASE-03")
 async def test_form_definitions_are_versioned_per_therapeutic_area(dossier: Dossier) -> None:
     alice = await dossier.patient()
     pathology: dict[str, set[str]] = {}
@@ -69,7 +70,9 @@ async def test_form_definitions_are_versioned_per_therapeutic_area(dossier: Doss
     )
 
 
-@pytest.mark.req("CASE-02", "CASE-03", "CASE-12")
+@pytest.mark.req("CASE-02")
+@pytest.mark.req("CASE-03")
+@pytest.mark.req("CASE-12")
 async def test_answers_are_validated_drafts_saved_and_submitted_versions_immutable(dossier: Dossier) -> None:
     alice = await dossier.patient()
     case_id = (await create_case(alice)).case_id
@@ -184,7 +187,10 @@ async def test_staff_fill_in_under_the_personal_assistant_mandate_traced_as_such
     assert {e.actor_account_id for e in pa_entries} == {ASSISTANT} and len(pa_entries) >= 3
 
 
-@pytest.mark.req("CASE-05", "CASE-06", "CASE-17", "CASE-12")
+@pytest.mark.req("CASE-05")
+@pytest.mark.req("CASE-06")
+@pytest.mark.req("CASE-17")
+@pytest.mark.req("CASE-12")
 async def test_notes_thread_read_receipts_and_abuse_reports(dossier: Dossier) -> None:
     alice = await dossier.patient()
     case_id = (await create_case(alice)).case_id
@@ -295,7 +301,8 @@ async def test_notes_thread_read_receipts_and_abuse_reports(dossier: Dossier) ->
     ).abuse_reports
 
 
-@pytest.mark.req("DOC-04", "SEC-02")
+@pytest.mark.req("DOC-04")
+@pytest.mark.req("SEC-02")
 async def test_the_report_is_sealed_on_delivery_and_completed_by_addenda(dossier: Dossier) -> None:
     alice = await dossier.patient()
     case_id = (await create_case(alice)).case_id

@@ -98,7 +98,9 @@ def export_request(subject: str, key: str = "x1") -> pb.ExportSubjectDataRequest
     return pb.ExportSubjectDataRequest(idempotency_key=key, subject_id=subject, rights_request_id="rr-1")
 
 
-@pytest.mark.req("GDPR-01", "GDPR-05", "CASE-12")
+@pytest.mark.req("GDPR-01")
+@pytest.mark.req("GDPR-05")
+@pytest.mark.req("CASE-12")
 async def test_the_export_is_a_valid_fhir_bundle_of_everything_the_person_gave(dossier: Dossier) -> None:
     alice = await full_file(dossier, "alice", "a")
     await full_file(dossier, "bob", "b")
@@ -154,7 +156,9 @@ async def test_the_export_is_a_valid_fhir_bundle_of_everything_the_person_gave(d
     assert empty.resource_count == 0 and Bundle.model_validate(json.loads(empty.fhir_bundle_json))
 
 
-@pytest.mark.req("RET-02", "RET-07", "SEC-05")
+@pytest.mark.req("RET-02")
+@pytest.mark.req("RET-07")
+@pytest.mark.req("SEC-05")
 async def test_archived_files_leave_every_normal_path_and_are_read_only_for_a_logged_legal_reason(
     dossier: Dossier,
 ) -> None:
@@ -278,7 +282,9 @@ async def test_a_restricted_file_is_kept_readable_by_the_person_and_not_processe
     )
 
 
-@pytest.mark.req("GDPR-03", "RET-02", "SEC-02")
+@pytest.mark.req("GDPR-03")
+@pytest.mark.req("RET-02")
+@pytest.mark.req("SEC-02")
 async def test_a_purge_destroys_the_subject_key_and_deletes_rows_and_objects(dossier_stores: Dossier) -> None:
     dossier = dossier_stores
     alice = await full_file(dossier, "alice", "a")

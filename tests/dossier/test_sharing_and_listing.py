@@ -56,7 +56,8 @@ def share(report_id: str, key: str) -> pb.ShareReportWithTreatingPhysicianReques
     return pb.ShareReportWithTreatingPhysicianRequest(idempotency_key=key, report_id=report_id)
 
 
-@pytest.mark.req("CASE-16", "SEC-01")
+@pytest.mark.req("CASE-16")
+@pytest.mark.req("SEC-01")
 async def test_the_sealed_report_goes_to_the_treating_physician_through_secure_messaging(
     dossier: Dossier,
 ) -> None:
@@ -137,7 +138,8 @@ async def test_the_sealed_report_goes_to_the_treating_physician_through_secure_m
     )
 
 
-@pytest.mark.req("CNS-08", "CASE-16")
+@pytest.mark.req("CNS-08")
+@pytest.mark.req("CASE-16")
 async def test_an_objection_stops_the_sending_until_withdrawn(dossier: Dossier) -> None:
     alice = await dossier.patient()
     case = await create_case(alice)
@@ -178,7 +180,8 @@ async def test_an_objection_stops_the_sending_until_withdrawn(dossier: Dossier) 
     assert mirrored.report_sharing_opposed_at.seconds > 0
 
 
-@pytest.mark.req("CASE-12", "CASE-13")
+@pytest.mark.req("CASE-12")
+@pytest.mark.req("CASE-13")
 async def test_cases_carry_a_reference_the_doctor_count_and_the_submission_time(dossier: Dossier) -> None:
     alice = await dossier.patient()
     first = await create_case(alice, "k1", requested_doctor_count=3)
@@ -208,7 +211,8 @@ async def test_cases_carry_a_reference_the_doctor_count_and_the_submission_time(
     assert len({r[0] for r in await dossier.sql("SELECT case_reference FROM cases")}) == 3
 
 
-@pytest.mark.req("CASE-12", "SEC-05")
+@pytest.mark.req("CASE-12")
+@pytest.mark.req("SEC-05")
 async def test_habilitated_coordinators_list_cases_at_risk_and_escalated(dossier: Dossier) -> None:
     alice = await dossier.patient()
     worker = await dossier.worker()
@@ -269,7 +273,8 @@ async def test_habilitated_coordinators_list_cases_at_risk_and_escalated(dossier
             await expect_status(stub.ListCases(pb.ListCasesRequest(scope=scope)), PD)
 
 
-@pytest.mark.req("CASE-02", "CASE-03")
+@pytest.mark.req("CASE-02")
+@pytest.mark.req("CASE-03")
 async def test_submitting_a_case_needs_both_forms_submitted(dossier: Dossier) -> None:
     from tests.dossier.test_forms_and_exchanges import PATHOLOGY, PRE_FORM
 

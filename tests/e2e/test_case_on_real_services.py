@@ -99,7 +99,10 @@ async def covered_case_in_review(
 
 
 @pytest.mark.temporal
-@pytest.mark.req("CASE-01", "CASE-09", "CASE-11", "DOC-04")
+@pytest.mark.req("CASE-01")
+@pytest.mark.req("CASE-09")
+@pytest.mark.req("CASE-11")
+@pytest.mark.req("DOC-04")
 async def test_a_covered_case_runs_from_sign_up_to_the_delivered_opinion_on_the_real_services(
     tmp_path: Path, backend: str, temporal_client: Client, smtp_catcher: Path
 ) -> None:
@@ -293,7 +296,8 @@ async def test_a_covered_case_cancelled_after_assignment_releases_the_doctor_and
 
 
 @pytest.mark.temporal
-@pytest.mark.req("CASE-13", "CASE-09")
+@pytest.mark.req("CASE-13")
+@pytest.mark.req("CASE-09")
 async def test_a_collegial_opinion_goes_to_two_doctors_each_invoiced_under_their_own_mandate(
     tmp_path: Path, temporal_client: Client, smtp_catcher: Path
 ) -> None:

@@ -94,7 +94,8 @@ class WorkerProcess:
 
 
 @pytest.mark.temporal
-@pytest.mark.req("CASE-09", "CASE-11")
+@pytest.mark.req("CASE-09")
+@pytest.mark.req("CASE-11")
 async def test_a_killed_worker_finishes_the_case_with_every_effect_once_on_the_real_services(
     tmp_path: Path, temporal_client: Client, smtp_catcher: Path
 ) -> None:

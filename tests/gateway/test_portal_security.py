@@ -46,7 +46,9 @@ async def _upload(portal: Portal, account_id: str, case_id: str) -> str:
     return str(uploaded.document.document_id)
 
 
-@pytest.mark.req("CASE-12", "DOC-02", "SEC-05")
+@pytest.mark.req("CASE-12")
+@pytest.mark.req("DOC-02")
+@pytest.mark.req("SEC-05")
 async def test_authorization_matrix_over_every_route_with_an_id(portal: Portal) -> None:
     owner = await portal.patient("owner@example.org")
     other = await portal.patient("other@example.org")
@@ -100,7 +102,8 @@ async def test_authorization_matrix_over_every_route_with_an_id(portal: Portal) 
                 assert "Bonjour" not in answer.text and "bilan.pdf" not in answer.text
 
 
-@pytest.mark.req("SEC-05", "CNS-09")
+@pytest.mark.req("SEC-05")
+@pytest.mark.req("CNS-09")
 async def test_cookies_csrf_csp_no_store_and_ids_only_in_urls(portal: Portal) -> None:
     owner = await portal.patient("csrf@example.org")
     async with httpx.AsyncClient(base_url=portal.url) as http:

@@ -96,7 +96,8 @@ async def test_sessions_are_listed_and_ended(identity: Identity) -> None:
     )
 
 
-@pytest.mark.req("ACC-08", "ACC-04")
+@pytest.mark.req("ACC-08")
+@pytest.mark.req("ACC-04")
 async def test_declared_loss_blocks_at_once_and_a_reset_by_link_and_code_unblocks(identity: Identity) -> None:
     account_id = await identity.sign_up("lost@example.org")
     done = await identity.log_in("lost@example.org")

@@ -38,7 +38,14 @@ def birth(years_ago: int) -> str:
     return today.replace(year=today.year - years_ago, day=min(today.day, 28)).isoformat()
 
 
-@pytest.mark.req("CNS-01", "CNS-02", "CNS-03", "CNS-04", "CNS-05", "CNS-06", "CNS-07", "CNS-08")
+@pytest.mark.req("CNS-01")
+@pytest.mark.req("CNS-02")
+@pytest.mark.req("CNS-03")
+@pytest.mark.req("CNS-04")
+@pytest.mark.req("CNS-05")
+@pytest.mark.req("CNS-06")
+@pytest.mark.req("CNS-07")
+@pytest.mark.req("CNS-08")
 async def test_terms_notices_and_consents_are_evidence(identity: Identity) -> None:
     terms = await publish(identity, pb.LEGAL_TEXT_KIND_TERMS, "2025-01", TERMS_V1)
     assert terms.sha256_hex == sha(TERMS_V1)
@@ -248,7 +255,9 @@ async def test_closure_by_user_or_staff_archives_never_deletes(identity: Identit
     assert kept == 2  # archived in place, never deleted here
 
 
-@pytest.mark.req("ACC-03", "ACC-13", "ACC-14")
+@pytest.mark.req("ACC-03")
+@pytest.mark.req("ACC-13")
+@pytest.mark.req("ACC-14")
 async def test_who_files_for_whom(identity: Identity) -> None:
     await identity.sign_up("parent@example.org")
     done = await identity.log_in("parent@example.org")

@@ -25,7 +25,9 @@ async def scalar(identity: Identity, sql: str, **params: object) -> object:
         return (await connection.execute(text(sql), params)).scalar()
 
 
-@pytest.mark.req("ACC-04", "ACC-05", "SEC-01")
+@pytest.mark.req("ACC-04")
+@pytest.mark.req("ACC-05")
+@pytest.mark.req("SEC-01")
 async def test_password_then_sms_code_opens_a_session(
     identity: Identity, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -77,7 +79,8 @@ async def test_password_then_sms_code_opens_a_session(
         assert secret not in logged
 
 
-@pytest.mark.req("ACC-05", "ACC-07")
+@pytest.mark.req("ACC-05")
+@pytest.mark.req("ACC-07")
 async def test_wrong_foreign_expired_and_malformed_codes(identity: Identity) -> None:
     await identity.sign_up("a@example.org")
     first = await identity.start_login("a@example.org")
@@ -106,7 +109,8 @@ async def test_wrong_foreign_expired_and_malformed_codes(identity: Identity) -> 
     assert (await identity.verify(second.login_attempt_id, second_code)).completed
 
 
-@pytest.mark.req("ACC-07", "SEC-01")
+@pytest.mark.req("ACC-07")
+@pytest.mark.req("SEC-01")
 async def test_five_failed_codes_lock_the_account_and_resends_never_reset(identity: Identity) -> None:
     account_id = await identity.sign_up("lock@example.org")
     attempt = await identity.start_login("lock@example.org")
@@ -182,7 +186,8 @@ async def test_five_failed_codes_lock_the_account_and_resends_never_reset(identi
     )
 
 
-@pytest.mark.req("ACC-04", "ACC-07")
+@pytest.mark.req("ACC-04")
+@pytest.mark.req("ACC-07")
 async def test_ten_consecutive_failed_logins_lock_and_unknown_emails_look_the_same(
     identity: Identity,
 ) -> None:
@@ -240,7 +245,8 @@ async def test_unknown_emails_take_about_as_long_as_wrong_passwords(identity: Id
     assert 0.4 < ratio < 2.5, (known, unknown)
 
 
-@pytest.mark.req("ACC-04", "ACC-07")
+@pytest.mark.req("ACC-04")
+@pytest.mark.req("ACC-07")
 async def test_concurrent_logins_on_one_account(identity: Identity) -> None:
     account_id = await identity.sign_up("race@example.org")
     attempt = await identity.start_login("race@example.org")

@@ -95,7 +95,8 @@ def test_argon2id_parameters_never_go_below_the_owasp_minimum() -> None:
     assert hashed.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
 
 
-@pytest.mark.req("ACC-02", "ACC-12")
+@pytest.mark.req("ACC-02")
+@pytest.mark.req("ACC-12")
 def test_identifiers_are_normalised_or_refused() -> None:
     assert normalize_email("\uff2a\uff41ne@Example.ORG") == "jane@example.org"
     assert normalize_phone("06 12 34 56 78") == "+33612345678"
@@ -112,7 +113,8 @@ def test_identifiers_are_normalised_or_refused() -> None:
     )
 
 
-@pytest.mark.req("ACC-02", "ACC-04")
+@pytest.mark.req("ACC-02")
+@pytest.mark.req("ACC-04")
 async def test_bad_sign_ups_get_precise_statuses_and_write_nothing(identity: Identity) -> None:
     cases: list[dict[str, object]] = [
         {"declared_age": 17},

@@ -92,7 +92,8 @@ async def accepted(world: World, account_id: str) -> ipb.CheckLatestTermsAccepte
     )
 
 
-@pytest.mark.req("GDPR-09", "CNS-01")
+@pytest.mark.req("GDPR-09")
+@pytest.mark.req("CNS-01")
 async def test_new_terms_are_announced_once_to_every_open_account_before_they_apply(world: World) -> None:
     old = await publish(world, "2026-01", OLD_TERMS)
     accounts = [await sign_up(world, old) for _ in range(5)]

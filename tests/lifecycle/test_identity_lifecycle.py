@@ -82,7 +82,10 @@ async def code_of(call: object) -> grpc.StatusCode:
     return error.value.code()
 
 
-@pytest.mark.req("GDPR-02", "GDPR-06", "GDPR-07", "GDPR-08")
+@pytest.mark.req("GDPR-02")
+@pytest.mark.req("GDPR-06")
+@pytest.mark.req("GDPR-07")
+@pytest.mark.req("GDPR-08")
 async def test_rights_requests_are_recorded_with_channel_and_verified_identity(stack: Stack) -> None:
     async with open_channel(stack.target("identity"), stack.ops_tokens()) as ops_channel:
         ops = ipb_grpc.IdentityServiceStub(ops_channel)
@@ -249,7 +252,9 @@ async def test_rights_requests_are_recorded_with_channel_and_verified_identity(s
         assert relayed.rights_request.recorded_by_account_id == doctor
 
 
-@pytest.mark.req("RET-01", "RET-02", "RET-06")
+@pytest.mark.req("RET-01")
+@pytest.mark.req("RET-02")
+@pytest.mark.req("RET-06")
 async def test_due_subjects_are_paged_oldest_first_and_held_ones_excluded(stack: Stack) -> None:
     async with open_channel(stack.target("identity"), stack.ops_tokens()) as ops_channel:
         ops = ipb_grpc.IdentityServiceStub(ops_channel)
@@ -331,7 +336,11 @@ async def test_due_subjects_are_paged_oldest_first_and_held_ones_excluded(stack:
         )
 
 
-@pytest.mark.req("GDPR-01", "GDPR-05", "GDPR-03", "GDPR-04", "CNS-06")
+@pytest.mark.req("GDPR-01")
+@pytest.mark.req("GDPR-05")
+@pytest.mark.req("GDPR-03")
+@pytest.mark.req("GDPR-04")
+@pytest.mark.req("CNS-06")
 async def test_export_is_valid_fhir_and_erasure_keeps_what_the_law_requires(stack: Stack) -> None:
     async with open_channel(stack.target("identity"), stack.ops_tokens()) as ops_channel:
         ops = ipb_grpc.IdentityServiceStub(ops_channel)

@@ -107,7 +107,9 @@ async def identity_db(world: World) -> Any:
     return engine, session_factory(engine)
 
 
-@pytest.mark.req("RET-02", "RET-07", "ACC-11")
+@pytest.mark.req("RET-02")
+@pytest.mark.req("RET-07")
+@pytest.mark.req("ACC-11")
 async def test_activity_moves_the_clock_then_archive_at_five_years_and_purge_ten_years_later(
     world: World,
 ) -> None:
@@ -273,7 +275,9 @@ def _ts(value: datetime) -> Any:
     return to_timestamp(value)
 
 
-@pytest.mark.req("GDPR-08", "RET-06", "GDPR-01")
+@pytest.mark.req("GDPR-08")
+@pytest.mark.req("RET-06")
+@pytest.mark.req("GDPR-01")
 async def test_rights_request_deadline_extension_reminders_then_five_plus_ten_years(world: World) -> None:
     account_id = await world.sign_up()
     async with world.person(account_id) as channel:
@@ -341,7 +345,9 @@ async def test_rights_request_deadline_extension_reminders_then_five_plus_ten_ye
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.req("RET-03", "RET-04", "RET-05")
+@pytest.mark.req("RET-03")
+@pytest.mark.req("RET-04")
+@pytest.mark.req("RET-05")
 async def test_daily_sweep_purges_by_age_and_starts_due_retention_workflows(world: World) -> None:
     account_id = await world.sign_up()
     stale_id = await world.sign_up()

@@ -257,7 +257,13 @@ async def turnaround_count(stack: Stack, doctor_id: str) -> int:
     return int(stats.completed_count)
 
 
-@pytest.mark.req("RET-02", "RET-05", "RET-07", "GDPR-03", "GDPR-04", "GDPR-05", "BIL-09")
+@pytest.mark.req("RET-02")
+@pytest.mark.req("RET-05")
+@pytest.mark.req("RET-07")
+@pytest.mark.req("GDPR-03")
+@pytest.mark.req("GDPR-04")
+@pytest.mark.req("GDPR-05")
+@pytest.mark.req("BIL-09")
 async def test_billing_and_matching_lifecycle_rpcs(stack: Stack) -> None:
     subject = await patient_with_history(stack)
     assert subject.invoice_ids
@@ -418,7 +424,12 @@ async def test_billing_and_matching_lifecycle_rpcs(stack: Stack) -> None:
         assert await turnaround_count(stack, subject.doctor_id) == 1
 
 
-@pytest.mark.req("RET-02", "RET-07", "GDPR-03", "GDPR-04", "GDPR-05", "BIL-09")
+@pytest.mark.req("RET-02")
+@pytest.mark.req("RET-07")
+@pytest.mark.req("GDPR-03")
+@pytest.mark.req("GDPR-04")
+@pytest.mark.req("GDPR-05")
+@pytest.mark.req("BIL-09")
 async def test_erasure_through_the_workflow_reaches_every_service(world: World) -> None:
     stack = world.stack
     subject = await patient_with_history(stack)

@@ -167,7 +167,8 @@ async def _outcomes(calls: list[Any]) -> tuple[int, list[grpc.StatusCode]]:
     return len(results) - len(losses), losses
 
 
-@pytest.mark.req("CASE-01", "CASE-13")
+@pytest.mark.req("CASE-01")
+@pytest.mark.req("CASE-13")
 async def test_concurrent_accepts_never_both_win(matching: Matching, sessions: Any) -> None:
     """Many accepts at once: one per offer, `capacity` per doctor, `doctors_needed` per case."""
     busy = await matching.register(1, ["cardiology"], capacity=2)

@@ -39,7 +39,8 @@ def propose(area: str = "cardiology", **fields: Any) -> pb.ProposeAssignmentRequ
     return pb.ProposeAssignmentRequest(case_id="case-x", therapeutic_area=area, **fields)
 
 
-@pytest.mark.req("CASE-01", "CASE-10")
+@pytest.mark.req("CASE-01")
+@pytest.mark.req("CASE-10")
 async def test_platform_pick_spreads_load_within_seven_days_and_says_why(matching: Matching) -> None:
     doctors = [await matching.register(i, ["cardiology"], capacity=4) for i in range(1, 5)]
     await matching.register(9, ["neurology"], capacity=4)
@@ -161,7 +162,9 @@ async def test_no_one_available_is_a_typed_answer(matching: Matching) -> None:
     )
 
 
-@pytest.mark.req("CASE-01", "CASE-10", "CASE-13")
+@pytest.mark.req("CASE-01")
+@pytest.mark.req("CASE-10")
+@pytest.mark.req("CASE-13")
 async def test_patient_chosen_doctors_get_an_expected_delay(matching: Matching) -> None:
     fast = await matching.register(1, ["orthopaedics"], capacity=2)
     leaving = await matching.register(2, ["orthopaedics"], capacity=2)

@@ -166,7 +166,8 @@ async def test_registry_pages_by_display_name(matching: Matching) -> None:
     assert names == ["Dr 001", "Dr 002", "Dr 003", "Dr 004", "Dr 005"]
 
 
-@pytest.mark.req("DOC-01", "CASE-01")
+@pytest.mark.req("DOC-01")
+@pytest.mark.req("CASE-01")
 async def test_therapeutic_areas_come_from_the_dossier_catalog(matching: Matching) -> None:
     response = await matching.person("patient-1", Role.PATIENT).ListTherapeuticAreas(
         pb.ListTherapeuticAreasRequest()

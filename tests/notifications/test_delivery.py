@@ -74,7 +74,12 @@ async def rows(service: Notifications) -> list[Notification]:
         await engine.dispose()
 
 
-@pytest.mark.req("NOT-02", "CASE-09", "BIL-07", "ACC-10", "GDPR-09", "SEC-08")
+@pytest.mark.req("NOT-02")
+@pytest.mark.req("CASE-09")
+@pytest.mark.req("BIL-07")
+@pytest.mark.req("ACC-10")
+@pytest.mark.req("GDPR-09")
+@pytest.mark.req("SEC-08")
 async def test_emails_are_rendered_sent_once_over_smtp_and_the_address_is_then_erased(
     service: Notifications,
 ) -> None:
@@ -143,7 +148,8 @@ async def test_login_codes_go_through_the_sms_gateway_with_its_api_key(service: 
     assert row.provider_message_id == "gw-1" and row.recipient is None
 
 
-@pytest.mark.req("NOT-01", "NOT-02")
+@pytest.mark.req("NOT-01")
+@pytest.mark.req("NOT-02")
 async def test_concurrent_duplicates_and_failing_servers_still_deliver_exactly_once(
     tmp_path: Path, backend: str
 ) -> None:

@@ -35,7 +35,8 @@ async def expect_status(call: object, code: grpc.StatusCode) -> str:
     return str(error.value.details())
 
 
-@pytest.mark.req("ACC-02", "ACC-04")
+@pytest.mark.req("ACC-02")
+@pytest.mark.req("ACC-04")
 async def test_sign_up_normalises_logins_and_applies_the_terms_rules(stack: Stack) -> None:
     async with open_channel(stack.target("identity"), stack.ops_tokens()) as channel:
         identity = identity_pb2_grpc.IdentityServiceStub(channel)
@@ -95,7 +96,9 @@ async def test_referent_doctor_accounts_need_a_valid_rpps_number(stack: Stack) -
         assert created.account_id
 
 
-@pytest.mark.req("CASE-08", "ACC-03", "DOC-02")
+@pytest.mark.req("CASE-08")
+@pytest.mark.req("ACC-03")
+@pytest.mark.req("DOC-02")
 async def test_cases_are_created_by_their_filer_and_hidden_from_others(stack: Stack) -> None:
     signer = stack.identity_tokens()
     alice, _ = signer.mint("alice", Role.PATIENT, "s-a")

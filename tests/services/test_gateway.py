@@ -32,7 +32,8 @@ CASE = {
 }
 
 
-@pytest.mark.req("ACC-01", "SEC-05")
+@pytest.mark.req("ACC-01")
+@pytest.mark.req("SEC-05")
 async def test_api_requires_a_session_and_answers_with_problem_bodies(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.gateway_url) as http:
         anonymous = await http.get("/api/v1/me")

@@ -65,7 +65,13 @@ def templates(h: Harness) -> list[str]:
 
 
 @pytest.mark.temporal
-@pytest.mark.req("CASE-01", "CASE-09", "CASE-11", "CASE-15", "CASE-16", "CNS-01", "NOT-02")
+@pytest.mark.req("CASE-01")
+@pytest.mark.req("CASE-09")
+@pytest.mark.req("CASE-11")
+@pytest.mark.req("CASE-15")
+@pytest.mark.req("CASE-16")
+@pytest.mark.req("CNS-01")
+@pytest.mark.req("NOT-02")
 async def test_happy_path_platform_chosen(harness: Harness) -> None:
     h = harness
     h.world.terms_accepted = False  # a new terms version since the patient's last request
@@ -137,7 +143,8 @@ async def test_happy_path_platform_chosen(harness: Harness) -> None:
 
 
 @pytest.mark.temporal
-@pytest.mark.req("CNS-08", "CASE-16")
+@pytest.mark.req("CNS-08")
+@pytest.mark.req("CASE-16")
 async def test_objection_stops_sharing_with_treating_physician(harness: Harness) -> None:
     h = harness
     handle = await h.start()
@@ -199,7 +206,9 @@ async def test_missed_deadline_escalates_and_reassigns(harness: Harness) -> None
 
 
 @pytest.mark.temporal
-@pytest.mark.req("CASE-01", "CASE-10", "NOT-02")
+@pytest.mark.req("CASE-01")
+@pytest.mark.req("CASE-10")
+@pytest.mark.req("NOT-02")
 async def test_patient_chosen_doctor_gets_the_announced_delay(harness: Harness) -> None:
     h = harness
     h.world.mode = "patient_chosen"

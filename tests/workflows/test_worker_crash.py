@@ -123,7 +123,8 @@ async def view_when(handle: WorkflowHandle[Any, Any], ready: Any, limit: float =
 
 
 @pytest.mark.temporal
-@pytest.mark.req("CASE-09", "CASE-11")
+@pytest.mark.req("CASE-09")
+@pytest.mark.req("CASE-11")
 async def test_killed_worker_case_finishes_with_every_effect_once(
     ts_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
