@@ -59,6 +59,10 @@ async def sign_up_and_log_in(page: Page, portal: Portal, email: str) -> None:
 @pytest.mark.req("BIL-08")
 @pytest.mark.req("DOC-04")
 @pytest.mark.req("SEC-08")
+async def test_patient_from_sign_up_to_the_report_and_invoice_with_the_doctor(
+    portal: Portal, browser: Browser
+) -> None:
+    patient_context = await browser.new_context(locale="fr-FR", accept_downloads=True)
     doctor_context = await browser.new_context(locale="fr-FR")
     page = await patient_context.new_page()
     doctor_page = await doctor_context.new_page()
