@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -465,6 +466,12 @@ async def test_erasure_through_the_workflow_reaches_every_service(world: World) 
     types = exported.export.resource_types
     assert types["Patient"] == 1 and types["ServiceRequest"] == 1 and types["Communication"] >= 1
     assert types["ChargeItem"] == 1 and types["Invoice"] == len(subject.invoice_ids) and types["Task"] == 1
+    # The archive carries the files themselves, not only references to them (issue 10 §4).
+    with zipfile.ZipFile(world.export_dir / exported.export.object_key) as archive:
+        invoices = [name for name in archive.namelist() if name.startswith("invoices/")]
+        assert len(invoices) == len(subject.invoice_ids)
+        assert all(archive.read(name).startswith(b"%PDF") for name in invoices)
+        assert "Files not included" not in archive.read("summary.txt").decode()
 
     # The request ended (an erasure waits for cases in progress to end).
     async with as_service(stack, "dossier", "worker") as channel:

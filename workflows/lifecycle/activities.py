@@ -18,7 +18,6 @@ matching either.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import zipfile
@@ -461,6 +460,8 @@ class LifecycleActivities:
         key = f"export:{data.request_id}"
         parts: list[dict[str, Any]] = []
         not_implemented: list[str] = []
+        # The files the bundle's DocumentReferences point to: (service, id).
+        files: list[tuple[str, str]] = []
         try:
             reply = await self._identity.ExportSubjectData(
                 ipb.ExportSubjectDataRequest(
@@ -493,6 +494,7 @@ class LifecycleActivities:
                     continue
                 _raise(error)
             parts.append(json.loads(part.fhir_bundle_json))
+            files += [(name, file_id) for file_id in _exported_file_ids(name, part)]
         bundle = merge_bundles(parts, data.subject_id)
         try:
             validate_bundle(bundle)
@@ -501,24 +503,65 @@ class LifecycleActivities:
                 f"the export is not a valid FHIR R4 bundle: {error}", non_retryable=True
             ) from error
         body = json.dumps(bundle, indent=2, ensure_ascii=False).encode()
-        summary = readable_summary(bundle, not_implemented).encode()
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("fhir-bundle.json", body)
-            archive.writestr("summary.txt", summary)
-        payload = buffer.getvalue()
         object_key = f"{data.request_id}/export.zip"
         path = self._export_dir / object_key
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(payload)
+        partial = path.with_name(path.name + ".partial")
+        # Written to disk as it streams: documents can be large, nothing is held whole.
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("fhir-bundle.json", body)
+            missing = [await self._add_file(archive, service, file_id) for service, file_id in files]
+            summary = readable_summary(bundle, not_implemented)
+            left_out = [note for note in missing if note]
+            if left_out:
+                summary += "\nFiles not included (ask the DPO):\n" + "\n".join(left_out) + "\n"
+            archive.writestr("summary.txt", summary.encode())
+        digest = hashlib.sha256()
+        with partial.open("rb") as handle:
+            while chunk := handle.read(1024 * 1024):
+                digest.update(chunk)
+        partial.replace(path)
         types = Counter(entry["resource"]["resourceType"] for entry in bundle["entry"])
         return ExportResult(
             object_key=object_key,
-            sha256_hex=hashlib.sha256(payload).hexdigest(),
+            sha256_hex=digest.hexdigest(),
             resource_count=len(bundle["entry"]),
             resource_types=dict(types),
             not_implemented=not_implemented,
         )
+
+    async def _add_file(self, archive: zipfile.ZipFile, service: str, file_id: str) -> str:
+        """Stream one exported file into the archive; return a note when it cannot be."""
+        stub = self._services.get(service)
+        if stub is None:
+            return f"- {service} {file_id}: service not configured"
+        if service == "dossier":
+            stream = stub.DownloadDocument(
+                SERVICE_MODULES[service][0].DownloadDocumentRequest(document_id=file_id)
+            )
+        else:
+            stream = stub.DownloadInvoice(
+                SERVICE_MODULES[service][0].DownloadInvoiceRequest(invoice_id=file_id)
+            )
+        entry = f"{'documents' if service == 'dossier' else 'invoices'}/{file_id}"
+        try:
+            target = None
+            async for reply in stream:
+                if reply.WhichOneof("part") == "metadata":
+                    meta = reply.metadata
+                    number = getattr(meta, "invoice_number", "")
+                    name = _safe_file_name(
+                        getattr(meta, "file_name", "") or (f"{number}.pdf" if number else "file")
+                    )
+                    target = archive.open(f"{entry}-{name}", "w")
+                elif target is not None:
+                    target.write(reply.chunk)
+            if target is not None:
+                target.close()
+        except grpc.aio.AioRpcError as error:
+            # A quarantined or purged file is named, not silently dropped.
+            return f"- {entry}: {error.code().name.lower()}"
+        return ""
 
     # ------------------------------------------------------------ sweep
 
@@ -683,3 +726,19 @@ class LifecycleActivities:
             if activity.in_activity():
                 activity.heartbeat(sent + skipped)
         return AnnouncePageResult(sent=sent, skipped=skipped, next_page_token=reply.next_page_token)
+
+
+def _exported_file_ids(service: str, part: Any) -> list[str]:
+    """Ids of the files a service's export refers to (dossier documents, billing invoices)."""
+    if service == "dossier":
+        return list(getattr(part, "document_ids", []))
+    if service == "billing":
+        return list(getattr(part, "invoice_ids", []))
+    return []
+
+
+def _safe_file_name(name: str) -> str:
+    """A name safe inside a zip: no folders, no control characters."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in base)[:100]
+    return cleaned.lstrip(".") or "file"
