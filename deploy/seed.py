@@ -11,6 +11,7 @@ from secondopinion.billing.v1 import billing_pb2, billing_pb2_grpc
 from secondopinion.identity.v1 import identity_pb2, identity_pb2_grpc
 from secondopinion.matching.v1 import matching_pb2, matching_pb2_grpc
 
+from services.identity.domain.accounts import rpps_is_valid
 from services.shared.auth import ServiceTokenProvider, TokenSigner
 from services.shared.grpc_client import open_channel
 
@@ -42,16 +43,8 @@ DEMO_PARTNERS = [
 
 
 def with_luhn_digit(base: str) -> str:
-    """Complete a 10-digit base into an 11-digit RPPS number with its Luhn check digit."""
-    for check in "0123456789":
-        candidate = base + check
-        total = 0
-        for position, char in enumerate(reversed(candidate)):
-            value = int(char) * (2 if position % 2 else 1)
-            total += value - 9 if value > 9 else value
-        if total % 10 == 0:
-            return candidate
-    raise AssertionError("unreachable")
+    """Complete a 10-digit base into an 11-digit RPPS number identity accepts."""
+    return next(base + digit for digit in "0123456789" if rpps_is_valid(base + digit))
 
 
 async def seed_demo_data(keys_dir: Path, ports: dict[str, int]) -> str:

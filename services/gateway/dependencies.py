@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from secondopinion.identity.v1 import identity_pb2
 
 from services.gateway.clients import Caller, ServiceClients
+from services.shared.protoconv import pb_enum_to_code
+
+
+def ts_or_none(message: Any, field: str) -> datetime | None:
+    """A protobuf Timestamp field as an aware datetime, None when unset."""
+    if not message.HasField(field):
+        return None
+    value: datetime = getattr(message, field).ToDatetime().replace(tzinfo=UTC)
+    return value
+
+
+def caller_from_session(session: identity_pb2.ValidateSessionResponse) -> Caller:
+    return Caller(
+        account_id=session.account_id,
+        role=pb_enum_to_code(identity_pb2.AccountRole, session.role),
+        session_id=session.session_id,
+        internal_token=session.internal_token,
+        habilitations=tuple(pb_enum_to_code(identity_pb2.Habilitation, h) for h in session.habilitations),
+        step_up_valid_until=ts_or_none(session, "step_up_valid_until"),
+        must_enrol_totp=session.must_enrol_totp,
+        must_change_password=session.must_change_password,
+    )
 
 
 def get_clients(request: Request) -> ServiceClients:
@@ -33,8 +56,6 @@ async def get_caller(request: Request, clients: ClientsDep) -> Caller:
     session = await clients.identity.ValidateSession(
         identity_pb2.ValidateSessionRequest(session_token=token), metadata=clients.as_gateway()
     )
-    from services.gateway.web.page import caller_from_session
-
     return caller_from_session(session)
 
 

@@ -16,8 +16,9 @@ from secondopinion.matching.v1 import matching_pb2
 
 from services.gateway import workflow_bridge
 from services.gateway.clients import Caller, ServiceClients
+from services.gateway.dependencies import ts_or_none
 from services.gateway.web import jsonforms
-from services.gateway.web.page import ClientsDep, Page, PageDep, fmt_date, new_key, ts_or_none
+from services.gateway.web.page import ClientsDep, Page, PageDep, fmt_date, new_key
 from services.gateway.web.patient import (
     FORM_KINDS,
     _is_missing,

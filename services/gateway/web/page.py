@@ -4,7 +4,7 @@ cookies with the right flags, rate limits, and how service statuses become messa
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -15,10 +15,10 @@ from fastapi.templating import Jinja2Templates
 from secondopinion.identity.v1 import identity_pb2
 
 from services.gateway.clients import Caller, ServiceClients
-from services.gateway.dependencies import get_clients
+from services.gateway.dependencies import caller_from_session, get_clients
+from services.gateway.problems import GRPC_TO_HTTP
 from services.gateway.web.i18n import LANG_COOKIE, SUPPORTED, pick_locale, translator
 from services.gateway.web.security import CSRF_COOKIE, CsrfProtection, RateLimiter
-from services.shared.protoconv import pb_enum_to_code
 from services.shared.settings import Environment
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -42,31 +42,15 @@ def fmt_date(value: datetime | None, with_time: bool = False) -> str:
     return value.strftime("%d/%m/%Y %H:%M" if with_time else "%d/%m/%Y")
 
 
-def ts_or_none(message: Any, field: str) -> datetime | None:
-    """A protobuf Timestamp field as an aware datetime, None when unset."""
-    if not message.HasField(field):
-        return None
-    value: datetime = getattr(message, field).ToDatetime().replace(tzinfo=UTC)
-    return value
-
-
 def new_key() -> str:
     return str(uuid.uuid4())
 
 
 def http_status(error: grpc.aio.AioRpcError) -> int:
-    return {
-        grpc.StatusCode.INVALID_ARGUMENT: 400,
-        grpc.StatusCode.OUT_OF_RANGE: 400,
-        grpc.StatusCode.UNAUTHENTICATED: 401,
-        grpc.StatusCode.PERMISSION_DENIED: 403,
-        grpc.StatusCode.NOT_FOUND: 404,
-        grpc.StatusCode.ALREADY_EXISTS: 409,
-        grpc.StatusCode.FAILED_PRECONDITION: 409,
-        grpc.StatusCode.ABORTED: 409,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-        grpc.StatusCode.UNIMPLEMENTED: 501,
-    }.get(error.code(), 503)
+    """The API's mapping, plus 501 for a page whose service call is not implemented yet."""
+    if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+        return 501
+    return GRPC_TO_HTTP.get(error.code(), 503)
 
 
 class Page:
@@ -220,19 +204,6 @@ async def current_caller(request: Request, clients: ClientsDep) -> Caller | None
             return None
         raise
     return caller_from_session(session)
-
-
-def caller_from_session(session: identity_pb2.ValidateSessionResponse) -> Caller:
-    return Caller(
-        account_id=session.account_id,
-        role=pb_enum_to_code(identity_pb2.AccountRole, session.role),
-        session_id=session.session_id,
-        internal_token=session.internal_token,
-        habilitations=tuple(pb_enum_to_code(identity_pb2.Habilitation, h) for h in session.habilitations),
-        step_up_valid_until=ts_or_none(session, "step_up_valid_until"),
-        must_enrol_totp=session.must_enrol_totp,
-        must_change_password=session.must_change_password,
-    )
 
 
 CallerOrNone = Annotated[Caller | None, Depends(current_caller)]

@@ -22,6 +22,7 @@ from secondopinion.matching.v1 import matching_pb2
 from services.dossier.catalog import therapeutic_area_codes
 from services.gateway import workflow_bridge
 from services.gateway.clients import Caller, ServiceClients
+from services.gateway.dependencies import ts_or_none
 from services.gateway.web import jsonforms
 from services.gateway.web.page import (
     ClientsDep,
@@ -31,7 +32,6 @@ from services.gateway.web.page import (
     fmt_date,
     http_status,
     new_key,
-    ts_or_none,
 )
 from services.gateway.web.uploads import BadUpload, TooLarge, receive_upload, request_stream
 from services.shared.protoconv import code_to_pb_enum, pb_enum_to_code

@@ -21,6 +21,7 @@ from services.gateway.web.page import (
     Page,
     PageDep,
     client_info,
+    http_status,
 )
 from services.shared.protoconv import code_to_pb_enum, pb_enum_to_code
 
@@ -79,7 +80,7 @@ async def login_submit(
             metadata=clients.as_gateway(),
         )
     except grpc.aio.AioRpcError as error:
-        return p.render("login.html", status=_status(error), error=_login_error(p, error), email=email)
+        return p.render("login.html", status=http_status(error), error=_login_error(p, error), email=email)
     factor = (
         pb_enum_to_code(identity_pb2.SecondFactorKind, started.required_factors[0])
         if started.required_factors
@@ -152,7 +153,7 @@ async def login_code_submit(
             p.t("locked") if error.code() == grpc.StatusCode.PERMISSION_DENIED else _login_error(p, error)
         )
         return p.render(
-            "login_code.html", status=_status(error), error=message, factor=factor, masked_phone=masked
+            "login_code.html", status=http_status(error), error=message, factor=factor, masked_phone=masked
         )
     if not verified.completed:
         next_factor = pb_enum_to_code(identity_pb2.SecondFactorKind, verified.remaining_factors[0])
@@ -197,7 +198,7 @@ async def login_resend(p: PageDep, clients: ClientsDep, csrf_token: Annotated[st
     except grpc.aio.AioRpcError as error:
         return p.render(
             "login_code.html",
-            status=_status(error),
+            status=http_status(error),
             error=_login_error(p, error),
             factor=attempt[1],
             masked_phone=attempt[2],
@@ -285,17 +286,6 @@ async def _current_terms(clients: ServiceClients, p: Page) -> tuple[str, str] | 
 async def _terms_version(clients: ServiceClients, p: Page) -> str:
     terms = await _current_terms(clients, p)
     return terms[0] if terms else ""
-
-
-def _status(error: grpc.aio.AioRpcError) -> int:
-    return {
-        grpc.StatusCode.INVALID_ARGUMENT: 400,
-        grpc.StatusCode.UNAUTHENTICATED: 401,
-        grpc.StatusCode.PERMISSION_DENIED: 403,
-        grpc.StatusCode.NOT_FOUND: 404,
-        grpc.StatusCode.FAILED_PRECONDITION: 409,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    }.get(error.code(), 503)
 
 
 def _login_error(p: Page, error: grpc.aio.AioRpcError) -> str:
