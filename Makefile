@@ -9,7 +9,7 @@ SERVICES := identity dossier matching billing notifications
 # invoices, clamd (the tests start it with their own signature database).
 DEBIAN_PACKAGES := chromium fonts-dejavu-core clamav-daemon
 
-.PHONY: venv system-deps proto proto-check migrate run test lint format reqs outbox bench ci clean
+.PHONY: venv system-deps proto proto-check migrate run test lint format reqs outbox bench ci clean backup restore
 
 venv: $(STAMP)
 
@@ -40,6 +40,14 @@ migrate: venv
 run: venv proto
 	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES="clamav-daemon fonts-dejavu-core"
 	$(PY) -m deploy.devstack
+
+# Encrypted backup of the dev stack's state (SEC-04); restore with the stack stopped.
+backup: venv
+	$(PY) -m deploy.backup create
+
+restore: venv
+	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=backups/backup-..."; exit 2; }
+	$(PY) -m deploy.backup restore "$(BACKUP)"
 
 test: venv system-deps
 	$(PY) -m pytest -q

@@ -14,6 +14,7 @@ from bench import (
     identity_login,
     matching_pick,
     notifications_delivery,
+    notifications_send,
     retention_sweep,
 )
 
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "matching_pick": matching_pick.run,
     "billing_invoices": billing_invoices.run,
     "notifications_delivery": notifications_delivery.run,
+    "notifications_send": notifications_send.run,
     "case_throughput": case_throughput.run,
     "dossier_transfer": dossier_transfer.run,
     "retention_sweep": retention_sweep.run,

@@ -50,29 +50,28 @@ def _stats(name: str, timings: list[float]) -> tuple[LatencyStats, float]:
 
 async def _load(
     clients: list[httpx.AsyncClient], path_of: Callable[[int], str], total: int
-) -> tuple[list[float], float, int]:
-    """`total` GETs shared by the users, one in flight per user; (latencies, seconds, errors)."""
+) -> tuple[list[float], float, dict[int, int]]:
+    """`total` GETs shared by the users, one in flight per user; (latencies, seconds, the
+    count of each non-200 status)."""
     remaining = total
     timings: list[float] = []
-    errors = 0
     statuses: dict[int, int] = {}
 
     async def user(index: int, http: httpx.AsyncClient) -> None:
-        nonlocal remaining, errors
+        nonlocal remaining
         while remaining > 0:
             remaining -= 1
             started = time.perf_counter()
             response = await http.get(path_of(index))
             timings.append((time.perf_counter() - started) * 1000)
             if response.status_code != 200:
-                errors += 1
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
     started = time.perf_counter()
     await asyncio.gather(*(user(i, http) for i, http in enumerate(clients)))
     if statuses:
         print(f"non-200 answers: {statuses}")
-    return timings, time.perf_counter() - started, errors
+    return timings, time.perf_counter() - started, statuses
 
 
 async def _people(portal: Portal) -> list[tuple[Person, str]]:
@@ -122,22 +121,23 @@ async def run() -> list[LatencyStats]:
                     )
                     extra[f"{name}_page_bytes"] = len(sample.content)
                 for name, path_of in pages.items():
-                    measured: dict[str, tuple[LatencyStats, float, float, int]] = {}
+                    measured: dict[str, tuple[LatencyStats, float, float, dict[int, int]]] = {}
                     for label, paths in (
                         (f"bare route, {name}-sized page (baseline)", lambda i, n=name: f"/bench/bare-{n}"),
                         (f"GET {name} page", path_of),
                     ):
                         await _load(clients, paths, WARMUP)
-                        timings, seconds, errors = await _load(clients, paths, REQUESTS)
+                        timings, seconds, statuses = await _load(clients, paths, REQUESTS)
                         row, p95 = _stats(f"{label} x{USERS} users", timings)
-                        measured[label] = (row, p95, len(timings) / seconds, errors)
+                        measured[label] = (row, p95, len(timings) / seconds, statuses)
                         rows.append(row)
-                    (base, base_p95, base_rps, _), (page, page_p95, page_rps, page_errors) = measured.values()
+                    (base, base_p95, base_rps, _), (page, page_p95, page_rps, statuses) = measured.values()
                     extra[name] = {
                         "rps": round(page_rps, 1),
                         "p95_ms": page_p95,
                         "p99_ms": page.p99_ms,
-                        "errors": page_errors,
+                        "errors": sum(statuses.values()),
+                        "status_503": statuses.get(503, 0),
                         "baseline_rps": round(base_rps, 1),
                         "baseline_p95_ms": base_p95,
                         "baseline_p99_ms": base.p99_ms,
@@ -155,7 +155,8 @@ async def run() -> list[LatencyStats]:
         print(
             f"{name}: {e['rps']} req/s (bare {e['baseline_rps']}) = x{e['rps_ratio']}; "
             f"p95 {e['p95_ms']} ms (bare {e['baseline_p95_ms']}) x{e['p95_ratio']}; "
-            f"p99 {e['p99_ms']} ms (bare {e['baseline_p99_ms']}) x{e['p99_ratio']}; errors {e['errors']}"
+            f"p99 {e['p99_ms']} ms (bare {e['baseline_p99_ms']}) x{e['p99_ratio']}; errors {e['errors']} "
+            f"(503: {e['status_503']})"
         )
     print(path)
     return rows

@@ -1,5 +1,6 @@
 """Notifications delivery throughput: 1,000 emails and 1,000 SMS queued through
-SendNotification (SQLite outbox), delivered to a local SMTP server (aiosmtpd) that fails
+SendNotification (SQLite outbox; BENCH_NOTIFICATIONS_BACKEND=postgres for PostgreSQL),
+delivered to a local SMTP server (aiosmtpd) that fails
 one DATA command in five with a 451, and to a local HTTP SMS gateway. Reports delivered
 messages per second and checks zero duplicates (one Message-ID / reference each).
 
@@ -38,6 +39,7 @@ from tests.notifications.servers import SmsGateway, SmtpRecorder, sms_gateway, s
 
 # Messages per channel (override for a quick run: BENCH_NOTIFICATIONS_COUNT=200).
 EMAILS = SMS = int(os.environ.get("BENCH_NOTIFICATIONS_COUNT", "1000"))
+BACKEND = os.environ.get("BENCH_NOTIFICATIONS_BACKEND", "sqlite")
 CONCURRENCY = 16  # delivery workers, and baseline senders
 SENDERS = 32  # concurrent SendNotification calls while queueing
 FAIL_EVERY = 5
@@ -125,7 +127,7 @@ async def _outbox_run(
 ) -> tuple[dict[str, object], list[LatencyStats], list[OutgoingMessage]]:
     async with notifications_service(
         workdir,
-        "sqlite",
+        BACKEND,
         smtp_port=smtp_port,
         sms_gateway_url=sms_url,
         delivery_concurrency=CONCURRENCY,
@@ -198,6 +200,7 @@ async def _outbox_run(
         for message in smtp.messages
     ]
     summary: dict[str, object] = {
+        "backend": BACKEND,
         "outbox_queue_seconds": round(queued_s, 3),
         "outbox_all_delivered_seconds": round(delivered_s, 3),
         "outbox_delivered_per_second": round((EMAILS + SMS) / delivered_s, 1),
@@ -276,10 +279,12 @@ async def run() -> list[LatencyStats]:
     baseline_rate = float(str(summary["baseline_delivered_per_second"]))
     ratio = round(baseline_rate / float(str(summary["outbox_delivered_per_second"])), 2)
     summary["baseline_over_outbox"] = ratio
-    path = write_results("notifications_delivery", rows, summary)
+    name = "notifications_delivery" if BACKEND == "sqlite" else f"notifications_delivery_{BACKEND}"
+    path = write_results(name, rows, summary)
     print(table(rows))
     print(
-        f"outbox: {EMAILS} emails + {SMS} SMS delivered in {summary['outbox_all_delivered_seconds']} s "
+        f"outbox ({BACKEND}): {EMAILS} emails + {SMS} SMS delivered in "
+        f"{summary['outbox_all_delivered_seconds']} s "
         f"= {summary['outbox_delivered_per_second']} msg/s (queued in {summary['outbox_queue_seconds']} s; "
         f"SMTP fails 1 DATA in {FAIL_EVERY}: {summary['outbox_smtp_data_commands']} DATA commands, "
         f"{summary['outbox_messages_retried']} messages retried), duplicates: {summary['duplicates']}"

@@ -1,4 +1,6 @@
-"""Demo data for the dev stack: referent doctors in several areas, partners, a demo patient.
+"""Demo data for the dev stack: referent doctors in several areas, partners, a demo patient,
+and a demo coordinator granted the health-data and personal-assistant habilitations
+through identity's GrantHabilitation (SEC-05, CASE-14), as an operator provisions staff.
 
 Every call carries an idempotency key, so running `make run` again seeds nothing twice.
 """
@@ -36,6 +38,15 @@ DEMO_DOCTORS = [
     ("Dr Paul Nguyen", "paul.nguyen@demo.secondopinion.test", "+33644444444", "1000000004",
      ["neurology", "oncology"]),
 ]  # fmt: skip
+DEMO_COORDINATOR = {
+    "email": "coordination@demo.secondopinion.test",
+    "phone_number": "+33655555555",
+    "display_name": "Camille Coordination",
+}
+DEMO_COORDINATOR_HABILITATIONS = (
+    identity_pb2.HABILITATION_HEALTH_DATA,
+    identity_pb2.HABILITATION_PERSONAL_ASSISTANT,
+)
 DEMO_PARTNERS = [
     ("Mutuelle Démo", billing_pb2.PARTNER_KIND_MUTUELLE),
     ("Assureur Démo", billing_pb2.PARTNER_KIND_INSURER),
@@ -97,6 +108,28 @@ async def seed_demo_data(keys_dir: Path, ports: dict[str, int]) -> str:
                 )
             )
             lines.append(f"  referent doctor {name} ({', '.join(areas)})")
+        coordinator = await identity.CreateStaffAccount(
+            identity_pb2.CreateStaffAccountRequest(
+                idempotency_key=f"seed:staff:{DEMO_COORDINATOR['email']}",
+                role=identity_pb2.ACCOUNT_ROLE_COORDINATOR,
+                email=DEMO_COORDINATOR["email"],
+                phone_number=DEMO_COORDINATOR["phone_number"],
+                display_name=DEMO_COORDINATOR["display_name"],
+            )
+        )
+        for habilitation in DEMO_COORDINATOR_HABILITATIONS:
+            await identity.GrantHabilitation(
+                identity_pb2.GrantHabilitationRequest(
+                    idempotency_key=f"seed:habilitation:{DEMO_COORDINATOR['email']}:{habilitation}",
+                    account_id=coordinator.account_id,
+                    habilitation=habilitation,
+                    reason="demo coordinator (dev stack seed)",
+                )
+            )
+        lines.append(
+            f"  demo coordinator {DEMO_COORDINATOR['email']} (health data, personal assistant); "
+            "set a password with 'forgot password' (link in the SMTP catcher, code in make outbox)"
+        )
         for partner_name, partner_kind in DEMO_PARTNERS:
             await billing.CreatePartner(
                 billing_pb2.CreatePartnerRequest(
@@ -104,6 +137,10 @@ async def seed_demo_data(keys_dir: Path, ports: dict[str, int]) -> str:
                 )
             )
             lines.append(f"  partner {partner_name}")
+        # A second `make run` replays this key (the demo account's id comes back, nothing is
+        # sent). Without the key's record, SignUp would still succeed for the known email
+        # (no enumeration: an id of no account, and an email to the demo patient); the seed
+        # does not use the id either way.
         await identity.SignUp(
             identity_pb2.SignUpRequest(
                 idempotency_key=f"seed:patient:{DEMO_PATIENT['email']}",

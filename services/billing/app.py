@@ -1,20 +1,27 @@
 """Resources of the billing service, opened and closed together: the BillingService
-server (`running`) and the partner API on its own port (`running_partner_api`)."""
+server (`running`) and the partner API on its own port (`running_partner_api`), over
+mutual TLS when its certificate settings are given (refused in production without)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import grpc
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from secondopinion.billing.v1 import billing_pb2 as pb
 from secondopinion.billing.v1 import billing_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.billing.background import InvoiceRenderer, PaymentSweeper
 from services.billing.documents import Party
 from services.billing.domain.invoices import Archive
 from services.billing.emails import EmailDispatcher
@@ -29,6 +36,7 @@ from services.shared.objectstore import LocalDirectoryStore, ObjectStore, S3Stor
 from services.shared.service import serving
 from services.shared.settings import InternalAuthSettings
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BillingService"].full_name
 
 
@@ -116,32 +124,105 @@ async def running(
     settings: BillingSettings, auth: InternalAuthSettings | None = None
 ) -> AsyncIterator[GrpcServer]:
     auth = auth or InternalAuthSettings()
-    holder: dict[str, EmailDispatcher] = {}
-    context = await build_context(settings, lambda: holder["dispatcher"].wake())
+    dispatchers: list[EmailDispatcher] = []
+    renderers: list[InvoiceRenderer] = []
+    sweepers: list[PaymentSweeper] = []
+
+    def wake() -> None:
+        # After an issue, a capture or a refund: emails to send, documents to render.
+        for dispatcher in dispatchers:
+            dispatcher.wake()
+        for renderer in renderers:
+            renderer.wake()
+
+    context = await build_context(settings, wake)
 
     def registrations(sessions: async_sessionmaker[AsyncSession]) -> list[ServiceRegistration]:
-        holder["dispatcher"] = EmailDispatcher(sessions, settings, auth)
-        servicer = BillingServicer(sessions, context)  # type: ignore[abstract]
+        dispatcher = EmailDispatcher(sessions, settings, auth)
+        dispatchers.append(dispatcher)
+        if settings.invoice_render_interval_seconds > 0:
+            renderers.append(
+                InvoiceRenderer(sessions, context.archive, settings.invoice_render_interval_seconds)
+            )
+        if settings.payment_sweep_interval_seconds > 0:
+            sweepers.append(
+                PaymentSweeper(
+                    sessions,
+                    context.psp,
+                    context.archive,
+                    settings.payment_sweep_interval_seconds,
+                    dispatcher.wake,
+                )
+            )
+        servicer = BillingServicer(sessions, context)
         return [ServiceRegistration(SERVICE_NAME, pb_grpc.add_BillingServiceServicer_to_server, servicer)]
 
     async with serving("billing", settings, auth, registrations) as server:
-        dispatcher = holder["dispatcher"]
-        task = asyncio.create_task(dispatcher.run(), name="billing-email-outbox")
-        dispatcher.wake()
+        tasks = [
+            *(asyncio.create_task(d.run(), name="billing-email-outbox") for d in dispatchers),
+            *(asyncio.create_task(r.run(), name="billing-invoice-renderer") for r in renderers),
+            *(asyncio.create_task(s.run(), name="billing-payment-sweep") for s in sweepers),
+        ]
+        wake()
         try:
             yield server
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await dispatcher.close()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for dispatcher in dispatchers:
+                await dispatcher.close()
+
+
+def _read_pem(path: Path | None, setting: str, kind: str) -> bytes:
+    """The PEM file a setting names, checked to hold what it should (clear error if not)."""
+    assert path is not None
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path} ({exc.strerror})") from exc
+    try:
+        if kind == "key":
+            load_pem_private_key(content, password=None)
+        else:
+            x509.load_pem_x509_certificates(content)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{setting}: {path} is not a PEM {kind} (unencrypted)") from exc
+    return content
+
+
+def partner_server_credentials(settings: BillingSettings) -> grpc.ServerCredentials | None:
+    """Mutual TLS for the partner API from the settings (None: plaintext, not production).
+
+    Every client must present a certificate signed by the partners' CA bundle; the guard
+    then binds it to the API key's partner."""
+    settings.check_partner_api_transport()
+    if not settings.partner_mtls:
+        try:
+            loopback = ipaddress.ip_address(settings.host).is_loopback
+        except ValueError:
+            loopback = settings.host == "localhost"
+        if not loopback:
+            log.warning(
+                "partner api served in plaintext off loopback; set the BILLING_PARTNER_TLS_* settings",
+                extra={"fields": {"host": settings.host}},
+            )
+        return None
+    chain = _read_pem(settings.partner_tls_cert_path, "BILLING_PARTNER_TLS_CERT_PATH", "certificate")
+    key = _read_pem(settings.partner_tls_key_path, "BILLING_PARTNER_TLS_KEY_PATH", "key")
+    ca = _read_pem(settings.partner_tls_client_ca_path, "BILLING_PARTNER_TLS_CLIENT_CA_PATH", "certificate")
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=True)
 
 
 @asynccontextmanager
 async def running_partner_api(
     settings: BillingSettings, auth: InternalAuthSettings | None = None
 ) -> AsyncIterator[PartnerApiServer]:
-    """The partner API on `settings.partner_api_port`; `auth` is unused (API keys only)."""
+    """The partner API on `settings.partner_api_port`; `auth` is unused (API keys, and
+    client certificates over mutual TLS)."""
+    credentials = partner_server_credentials(settings)
     engine = create_engine(settings.effective_database_url("billing"))
     try:
         context = await build_context(settings, lambda: None)
@@ -151,6 +232,7 @@ async def running_partner_api(
             settings.host,
             settings.partner_api_port,
             settings.shutdown_grace_seconds,
+            credentials,
         )
         await server.start()
         try:
@@ -164,6 +246,12 @@ async def running_partner_api(
 @asynccontextmanager
 async def running_all(
     settings: BillingSettings, auth: InternalAuthSettings | None = None
-) -> AsyncIterator[tuple[GrpcServer, PartnerApiServer]]:
-    async with running(settings, auth) as server, running_partner_api(settings, auth) as partner_server:
-        yield server, partner_server
+) -> AsyncIterator[tuple[GrpcServer, PartnerApiServer | None]]:
+    """Both servers (the partner API unless `partner_api_enabled` is off)."""
+    settings.check_partner_api_transport()
+    async with running(settings, auth) as server:
+        if not settings.partner_api_enabled:
+            yield server, None
+            return
+        async with running_partner_api(settings, auth) as partner_server:
+            yield server, partner_server

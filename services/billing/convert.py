@@ -9,6 +9,8 @@ from google.protobuf.message import Message
 from secondopinion.billing.v1 import billing_pb2 as pb
 from secondopinion.partner.v1 import partner_pb2 as ppb
 
+from services.billing.domain import refunds
+from services.billing.domain.archive_access import ArchiveView, PaymentSummary, Retention
 from services.billing.domain.coverage import code_status
 from services.billing.domain.partner_access import CoveredCase
 from services.billing.domain.prices import PriceLine, entries_of
@@ -23,8 +25,9 @@ from services.billing.models import (
     PaymentAttempt,
     PayoutStatement,
     PriceCatalog,
+    Refund,
 )
-from services.shared.protoconv import code_to_pb_enum, to_timestamp
+from services.shared.protoconv import code_to_pb_enum, to_pb_enum, to_timestamp
 
 
 def when(message: Message, field: str) -> datetime | None:
@@ -279,4 +282,62 @@ def partner_invoice_to_pb(invoice: Invoice, case_reference: str, corrected: str)
         currency=invoice.currency,
         sha256_hex=invoice.sha256_hex,
         corrects_invoice_number=corrected,
+    )
+
+
+def refund_to_pb(refund: Refund) -> pb.Refund:
+    message = pb.Refund(
+        refund_id=refund.refund_id,
+        order_id=refund.order_id,
+        payment_attempt_id=refund.payment_attempt_id,
+        amount_cents=refund.amount_cents,
+        currency=refund.currency,
+        reason=to_pb_enum(pb.RefundReason, refunds.RefundReason(refund.reason)),
+        status=to_pb_enum(pb.RefundStatus, refunds.RefundStatus(refund.status)),
+        created_at=to_timestamp(refund.created_at),
+        credit_note_ids=list(refund.credit_note_ids or []),
+    )
+    if refund.completed_at is not None:
+        message.completed_at.CopyFrom(to_timestamp(refund.completed_at))
+    return message
+
+
+def retention_to_pb(retention: Retention) -> pb.ArchiveRetention:
+    return pb.ArchiveRetention(
+        archived_at=to_timestamp(retention.archived_at),
+        retain_until=to_timestamp(retention.retain_until),
+        restricted=retention.restricted,
+    )
+
+
+def payment_summary_to_pb(summary: PaymentSummary) -> pb.ArchivedPaymentSummary:
+    return pb.ArchivedPaymentSummary(
+        order_id=summary.order_id,
+        attempt_count=summary.attempt_count,
+        captured_count=summary.captured_count,
+        captured_amount_cents=summary.captured_amount_cents,
+        currency=summary.currency,
+        latest_status=code_to_pb_enum(pb.PaymentStatus, summary.latest_status),
+        latest_attempt_at=stamp(summary.latest_attempt_at),
+        captured_at=stamp(summary.captured_at),
+        psp_transaction_id=summary.psp_transaction_id,
+        notification_count=summary.notification_count,
+        retain_until=stamp(summary.retain_until),
+    )
+
+
+def archive_view_to_pb(view: ArchiveView, access_id: str) -> pb.ReadArchivedSubjectResponse:
+    return pb.ReadArchivedSubjectResponse(
+        orders=[pb.ArchivedOrder(order=order_to_pb(o), retention=retention_to_pb(r)) for o, r in view.orders],
+        invoices=[
+            pb.ArchivedInvoice(invoice=invoice_to_pb(i), retention=retention_to_pb(r))
+            for i, r in view.invoices
+        ],
+        refunds=[
+            pb.ArchivedRefund(refund=refund_to_pb(f), retention=retention_to_pb(r)) for f, r in view.refunds
+        ],
+        payments=[payment_summary_to_pb(p) for p in view.payments],
+        archived_at=to_timestamp(view.archived_at),
+        restricted=view.restricted,
+        access_log_id=access_id,
     )

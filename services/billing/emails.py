@@ -28,10 +28,15 @@ from services.shared.settings import InternalAuthSettings
 log = logging.getLogger(__name__)
 ISSUER = "billing"
 TEMPLATES = {
-    "payment_summary": (npb.NOTIFICATION_TEMPLATE_PAYMENT_SUMMARY, "/account/orders"),
-    "invoice_available": (npb.NOTIFICATION_TEMPLATE_INVOICE_AVAILABLE, "/account/invoices"),
+    "payment_summary": (npb.NOTIFICATION_TEMPLATE_PAYMENT_SUMMARY, "/invoices"),
+    "invoice_available": (npb.NOTIFICATION_TEMPLATE_INVOICE_AVAILABLE, "/invoices"),
     # A refund after a cancelled case (domain/refunds.py): the amount refunded.
-    "case_cancelled": (npb.NOTIFICATION_TEMPLATE_CASE_CANCELLED, "/account/orders"),
+    "case_cancelled": (npb.NOTIFICATION_TEMPLATE_CASE_CANCELLED, "/invoices"),
+    # A duplicate payment refunded with the PSP (domain/refunds.py): the amount and date.
+    "duplicate_payment_refunded": (
+        npb.NOTIFICATION_TEMPLATE_DUPLICATE_PAYMENT_REFUNDED,
+        "/invoices",
+    ),
 }
 
 

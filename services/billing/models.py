@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.shared.db import UTCDateTime, new_metadata
@@ -109,6 +109,8 @@ class PaymentAttempt(Base):
     """A hosted-payment attempt. Payment data: purged after 13 months (RET-05)."""
 
     __tablename__ = "payment_attempts"
+    # The abandoned-attempt sweep finds pending attempts past their expiry by this index.
+    __table_args__ = (Index("ix_payment_attempts_status_expires_at", "status", "expires_at"),)
 
     payment_attempt_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.order_id"), index=True)
@@ -128,6 +130,9 @@ class PaymentAttempt(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     captured_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     captured_amount_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    # When the attempt was marked abandoned (no PSP answer before `expires_at`, or the PSP
+    # said so); a late capture still moves it to captured.
+    abandoned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class PspNotification(Base):
@@ -175,7 +180,10 @@ class InvoiceCounter(Base):
 
 
 class Invoice(Base):
-    """An issued invoice or credit note. Never updated: a credit note corrects it."""
+    """An issued invoice or credit note. Its content (number, parties, lines, amounts, and
+    `document`, everything the PDF shows) never changes: a credit note corrects it. Only
+    the archive reference is filled, once, when the document is rendered after the
+    numbering transaction: `sha256_hex`, `archive_locked` and `archived_at` (NULL until then)."""
 
     __tablename__ = "invoices"
     __table_args__ = (
@@ -205,6 +213,10 @@ class Invoice(Base):
     archive_locked: Mapped[bool] = mapped_column(Boolean)
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     corrects_invoice_id: Mapped[str] = mapped_column(String(36), default="")
+    # Everything the rendered document shows, fixed at issue (documents.InvoiceDocument as
+    # JSON); NULL for invoices rendered at issue before revision 0006.
+    document: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
 
 
 class LedgerEntry(Base):
@@ -242,9 +254,21 @@ class PayoutStatement(Base):
 
 
 class PartnerCredential(Base):
-    """An API key of the partner API: only its SHA-256 is stored (the key is 256-bit random)."""
+    """A credential of the partner API: an API key (only its SHA-256 is stored, the key is
+    256-bit random) or a client certificate for mutual TLS (the SHA-256 fingerprint of its
+    DER encoding). A certificate is active for one partner at most; revoking it (setting
+    `revoked_at`) removes it from the partner's allowed certificates."""
 
     __tablename__ = "partner_credentials"
+    __table_args__ = (
+        Index(
+            "uq_partner_credentials_active_certificate",
+            "certificate_sha256_fingerprint",
+            unique=True,
+            sqlite_where=text("kind = 'client_certificate' AND revoked_at IS NULL"),
+            postgresql_where=text("kind = 'client_certificate' AND revoked_at IS NULL"),
+        ),
+    )
 
     credential_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     partner_id: Mapped[str] = mapped_column(ForeignKey("partners.partner_id"), index=True)
@@ -363,3 +387,38 @@ class LifecycleOperation(Base):
     subject_id: Mapped[str] = mapped_column(String(36), index=True)
     done_at: Mapped[datetime] = mapped_column(UTCDateTime())
     outcome: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ArchiveAccessLogEntry(Base):
+    """RET-07: every attempt at a subject's archived billing records (reads and refusals):
+    who, in which role, for which legal reason and matter, with what outcome. Append-only
+    (the database refuses UPDATE and DELETE) and hash-chained (each entry carries the
+    previous entry's hash; `archive_access_log_head` orders the appends)."""
+
+    __tablename__ = "archive_access_log"
+
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    access_id: Mapped[str] = mapped_column(String(36), unique=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    subject_id: Mapped[str] = mapped_column(String(36), index=True)
+    reader_account_id: Mapped[str] = mapped_column(String(64))
+    reader_role: Mapped[str] = mapped_column(String(32))
+    # litigation | regulator_inquiry | rights_request | "" (none given)
+    purpose: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[str] = mapped_column(String(128))
+    # granted | denied | invalid | not_found
+    outcome: Mapped[str] = mapped_column(String(16))
+    # Archived records returned (0 unless granted).
+    record_count: Mapped[int] = mapped_column(Integer)
+    previous_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class ArchiveAccessLogHead(Base):
+    """One row: the archive access log's last sequence and hash (locked by each append)."""
+
+    __tablename__ = "archive_access_log_head"
+
+    head_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    entry_hash: Mapped[str] = mapped_column(String(64))

@@ -1,7 +1,10 @@
 """The partner API (issue 7 §7): a separate gRPC server on its own port.
 
 Partners authenticate with an API key in the `x-partner-api-key` metadata (stored hashed);
-the internal identity tokens are neither needed nor accepted here. Every RPC acts for the
+the internal identity tokens are neither needed nor accepted here. Served over mutual TLS
+(required in production), the key only counts with a client certificate registered to the
+key's partner (SEC-04): the handshake checks the certificate against the partners' CA, and
+this guard checks its fingerprint against the partner's registered ones. Every RPC acts for the
 partner the key proves and is confined to that partner's data: another partner's code,
 agreement or invoice answers NOT_FOUND. Nothing here carries health data (BIL-10).
 """
@@ -35,13 +38,16 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = ppb.DESCRIPTOR.services_by_name["PartnerService"].full_name
 API_KEY_HEADER = "x-partner-api-key"
 MAX_PARTNER_KEY = 150
+# Where gRPC puts the PEM of the client certificate verified by the TLS handshake.
+PEER_CERTIFICATE_KEY = "x509_pem_cert"
+DENIED = "a valid partner API key is required"
 current_partner: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_partner", default=None)
 
 
 def partner_id() -> str:
     value = current_partner.get()
     if value is None:
-        raise Unauthenticated("a valid partner API key is required")
+        raise Unauthenticated(DENIED)
     return value
 
 
@@ -56,11 +62,24 @@ def scoped(request: Any, partner: str) -> Any:
     return copy
 
 
-class _PartnerGuard(grpc.aio.ServerInterceptor):
-    """Authenticate every call by API key and map domain errors to statuses."""
+def peer_certificate_fingerprint(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """SHA-256 fingerprint of the client certificate the TLS handshake verified, if any."""
+    pems = list(context.auth_context().get(PEER_CERTIFICATE_KEY) or ())
+    if len(pems) != 1:
+        return None
+    try:
+        return partner_access.certificate_fingerprint(pems[0])
+    except ValueError:
+        return None
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+
+class _PartnerGuard(grpc.aio.ServerInterceptor):
+    """Authenticate every call by API key (and, over mutual TLS, by the key's partner's
+    client certificate) and map domain errors to statuses."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], require_certificate: bool = False) -> None:
         self._sessions = sessions
+        self._require_certificate = require_certificate
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         key = ""
@@ -68,10 +87,18 @@ class _PartnerGuard(grpc.aio.ServerInterceptor):
             if name == API_KEY_HEADER:
                 key = value.decode() if isinstance(value, bytes) else str(value)
         try:
+            fingerprint: str | None = None
+            if self._require_certificate:
+                fingerprint = peer_certificate_fingerprint(context)
+                if fingerprint is None:
+                    # The handshake requires a certificate; fail closed all the same.
+                    raise Unauthenticated(DENIED)
             async with self._sessions() as session:
-                return await partner_access.authenticate(session, key)
+                return await partner_access.authenticate(session, key, fingerprint)
         except ServiceError as exc:
-            await context.abort(exc.status, exc.message)
+            # One message for every refusal: nothing tells a wrong key from a wrong certificate.
+            message = DENIED if isinstance(exc, Unauthenticated) else exc.message
+            await context.abort(exc.status, message)
         raise AssertionError("unreachable")
 
     async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
@@ -250,7 +277,7 @@ class PartnerServicer(ppb_grpc.PartnerServiceServicer):
             invoice, reference, corrected = await partner_access.partner_invoice(
                 session, partner, request.invoice_id
             )
-        content = await invoices.read_archived(self._ctx.archive, invoice)
+        invoice, content = await invoices.archived_copy(self._sessions, self._ctx.archive, invoice)
         yield ppb.DownloadInvoiceResponse(metadata=cv.partner_invoice_to_pb(invoice, reference, corrected))
         for chunk in invoices.chunks(content):
             yield ppb.DownloadInvoiceResponse(chunk=chunk)
@@ -287,12 +314,16 @@ class PartnerApiServer:
         host: str,
         port: int,
         grace: float,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
+        """`credentials`: mutual TLS (`grpc.ssl_server_credentials` requiring client
+        certificates); None serves plaintext (development and tests on loopback)."""
         self._host = host
         self._requested_port = port
         self._grace = grace
+        self._credentials = credentials
         self._server = grpc.aio.server(
-            interceptors=[*grpc_server_interceptors(), _PartnerGuard(sessions)],
+            interceptors=[*grpc_server_interceptors(), _PartnerGuard(sessions, credentials is not None)],
             options=[("grpc.max_receive_message_length", 1024 * 1024)],
         )
         ppb_grpc.add_PartnerServiceServicer_to_server(
@@ -316,11 +347,18 @@ class PartnerApiServer:
         return f"{self._host}:{self.port}"
 
     async def start(self) -> int:
-        self.port = self._server.add_insecure_port(f"{self._host}:{self._requested_port}")
+        address = f"{self._host}:{self._requested_port}"
+        if self._credentials is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, self._credentials)
         await self._server.start()
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("partner api started", extra={"fields": {"port": self.port}})
+        log.info(
+            "partner api started",
+            extra={"fields": {"port": self.port, "mutual_tls": self._credentials is not None}},
+        )
         return self.port
 
     async def stop(self) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from secondopinion.billing.v1 import billing_pb2 as pb
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.billing.convert import refund_to_pb
 from services.billing.domain import refunds
 from services.billing.domain.invoices import Archive
 from services.billing.models import IdempotencyRecord, PaymentAttempt, Refund
@@ -18,7 +19,7 @@ from services.shared.auth import Role
 from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.shared.idempotency import run_once
 from services.shared.principals import require_role
-from services.shared.protoconv import from_pb_enum, to_pb_enum, to_timestamp
+from services.shared.protoconv import from_pb_enum
 
 # The case workflow's worker (compensation of a cancelled case) and staff may refund.
 REFUND_SERVICES = frozenset({"worker"})
@@ -27,23 +28,6 @@ WAIT_SECONDS = 20.0
 POLL_SECONDS = 0.05
 # Answer used when the capture can no longer be named to the PSP (its data was purged).
 NO_TRANSACTION = "00002"
-
-
-def refund_to_pb(refund: Refund) -> pb.Refund:
-    message = pb.Refund(
-        refund_id=refund.refund_id,
-        order_id=refund.order_id,
-        payment_attempt_id=refund.payment_attempt_id,
-        amount_cents=refund.amount_cents,
-        currency=refund.currency,
-        reason=to_pb_enum(pb.RefundReason, refunds.RefundReason(refund.reason)),
-        status=to_pb_enum(pb.RefundStatus, refunds.RefundStatus(refund.status)),
-        created_at=to_timestamp(refund.created_at),
-        credit_note_ids=list(refund.credit_note_ids or []),
-    )
-    if refund.completed_at is not None:
-        message.completed_at.CopyFrom(to_timestamp(refund.completed_at))
-    return message
 
 
 async def _load(

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.billing import convert as cv
 from services.billing import refund_rpc
 from services.billing.domain import (
+    archive_access,
     coverage,
     invoices,
     ledger,
@@ -47,6 +48,7 @@ from services.billing.psp.paybox import PaymentServiceProvider
 from services.shared.auth import Principal, Role
 from services.shared.db import utcnow
 from services.shared.errors import InvalidArgument, NotFound, PermissionDenied
+from services.shared.grpc_server import require_principal
 from services.shared.idempotency import run_once
 from services.shared.principals import require_role
 from services.shared.protoconv import from_pb_enum, to_pb_enum, to_timestamp
@@ -404,7 +406,11 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             )
             return note.invoice_id
 
-        note_id, _ = await run_once(self._sessions, IdempotencyRecord, request, "IssueCreditNote", issue)
+        note_id, replayed = await run_once(
+            self._sessions, IdempotencyRecord, request, "IssueCreditNote", issue
+        )
+        if not replayed:
+            self._ctx.wake_outbox()  # wakes the invoice renderer too
         async with self._sessions() as session:
             note = await session.get(Invoice, note_id)
             assert note is not None
@@ -460,7 +466,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         principal = require_role(*Role)
         async with self._sessions() as session:
             invoice = await self._readable_invoice(session, principal, request.invoice_id)
-        content = await invoices.read_archived(self._ctx.archive, invoice)
+        invoice, content = await invoices.archived_copy(self._sessions, self._ctx.archive, invoice)
         yield pb.DownloadInvoiceResponse(metadata=cv.invoice_to_pb(invoice))
         for chunk in invoices.chunks(content):
             yield pb.DownloadInvoiceResponse(chunk=chunk)
@@ -630,6 +636,25 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             )
             return pb.CreatePartnerApiKeyResponse(credential=cv.credential_to_pb(credential), api_key=api_key)
 
+    async def RegisterPartnerCertificate(
+        self, request: pb.RegisterPartnerCertificateRequest, context: Any
+    ) -> pb.RegisterPartnerCertificateResponse:
+        require_role(Role.ADMINISTRATOR, Role.SERVICE, services=OPS)
+
+        async def register(session: AsyncSession) -> str:
+            credential = await partner_access.register_certificate(
+                session, request.partner_id, request.certificate_pem
+            )
+            return credential.credential_id
+
+        credential_id, _ = await run_once(
+            self._sessions, IdempotencyRecord, request, "RegisterPartnerCertificate", register
+        )
+        async with self._sessions() as session:
+            credential = await session.get(PartnerCredential, credential_id)
+            assert credential is not None
+            return pb.RegisterPartnerCertificateResponse(credential=cv.credential_to_pb(credential))
+
     async def RevokePartnerCredential(
         self, request: pb.RevokePartnerCredentialRequest, context: Any
     ) -> pb.RevokePartnerCredentialResponse:
@@ -774,6 +799,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         subject_id = lifecycle.check_subject(request.subject_id)
         if not request.rights_request_id:
             raise InvalidArgument("rights_request_id is required (an export answers an access request)")
+        await lifecycle.render_pending_invoices(
+            self._sessions, self._ctx.archive, subject_id, "nothing was exported"
+        )
         at = utcnow()
         async with self._sessions() as session:
             bundle, invoice_ids = await lifecycle.export_subject(session, subject_id, at)
@@ -789,9 +817,11 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     ) -> pb.ArchiveSubjectResponse:
         require_role(Role.DPO, Role.SERVICE, services=LIFECYCLE)
         subject_id = lifecycle.check_subject(request.subject_id)
+        # Every invoice is archived with its PDF: the pending ones are rendered first.
+        await lifecycle.render_pending_invoices(self._sessions, self._ctx.archive, subject_id)
 
         async def archive(session: AsyncSession) -> str:
-            counts = await lifecycle.archive_subject(session, subject_id, self._ctx.archive.retention)
+            counts = await lifecycle.archive_subject(session, self._ctx.archive, subject_id)
             return await lifecycle.record_operation(session, "archive", subject_id, {"counts": counts})
 
         result, _ = await run_once(self._sessions, IdempotencyRecord, request, "ArchiveSubject", archive)
@@ -822,9 +852,10 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     async def PurgeSubject(self, request: pb.PurgeSubjectRequest, context: Any) -> pb.PurgeSubjectResponse:
         require_role(Role.DPO, Role.SERVICE, services=LIFECYCLE)
         subject_id = lifecycle.check_subject(request.subject_id)
+        await lifecycle.render_pending_invoices(self._sessions, self._ctx.archive, subject_id)
 
         async def purge(session: AsyncSession) -> str:
-            outcome = await lifecycle.purge_subject(session, subject_id, self._ctx.archive.retention)
+            outcome = await lifecycle.purge_subject(session, self._ctx.archive, subject_id)
             retained = [
                 [item.category, item.count, item.legal_basis.value, item.retained_until.isoformat()]
                 for item in outcome.retained
@@ -854,6 +885,20 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     async def _operation(self, operation_id: str) -> dict[str, Any]:
         async with self._sessions() as session:
             return await lifecycle.operation_outcome(session, operation_id)
+
+    async def ReadArchivedSubject(
+        self, request: pb.ReadArchivedSubjectRequest, context: Any
+    ) -> pb.ReadArchivedSubjectResponse:
+        """RET-07: the only path to archived records; DPO or habilitated staff, a legal
+        reason; every attempt logged, refusals included."""
+        attempt = archive_access.Attempt(
+            principal=require_principal(),
+            subject_id=request.subject_id,
+            purpose=from_pb_enum(pb.ArchiveReadPurpose, archive_access.ArchivePurpose, request.purpose),
+            reference=request.reference,
+        )
+        view, access_id = await archive_access.read_archive(self._sessions, attempt)
+        return cv.archive_view_to_pb(view, access_id)
 
     async def ListSubjectCaseIds(
         self, request: pb.ListSubjectCaseIdsRequest, context: Any

@@ -54,11 +54,7 @@ def load_keyring(settings: DossierSettings) -> Keyring:
 
 
 def access_policy(settings: DossierSettings) -> AccessPolicy:
-    return AccessPolicy(
-        health_data_account_ids=frozenset(settings.health_data_habilitated_account_ids),
-        personal_assistant_account_ids=frozenset(settings.personal_assistant_account_ids),
-        platform_services=frozenset(settings.platform_services),
-    )
+    return AccessPolicy(platform_services=frozenset(settings.platform_services))
 
 
 async def _rescan_forever(vault: DocumentVault, interval: float) -> None:
@@ -91,6 +87,7 @@ async def running(
             keyring,
             malware_scanner,
             max_bytes=settings.max_document_bytes,
+            max_answer_bytes=settings.max_rights_answer_bytes,
             scratch_dir=settings.scratch_dir,
             chunk_bytes=settings.encryption_chunk_bytes,
         )

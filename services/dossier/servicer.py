@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.dossier import models
-from services.dossier.domain import accesslog, exchanges, forms, lifecycle, reports, sharing
+from services.dossier.domain import accesslog, exchanges, forms, lifecycle, overview, reports, sharing
 from services.dossier.domain.access import AccessRefused, CaseAccess, Need
 from services.dossier.domain.accesslog import Action, ObjectKind, Purpose
 from services.dossier.domain.cases import (
@@ -46,7 +46,7 @@ from services.dossier.domain.documents import (
     UploadRequest,
 )
 from services.dossier.domain.filetypes import ContentType, sanitise_file_name
-from services.dossier.domain.gate import Gate, ProcessingRestricted, record
+from services.dossier.domain.gate import Gate, ProcessingRestricted, Reads, record
 from services.dossier.domain.sharing import DevelopmentSecureMessaging, SecureHealthMessaging
 from services.dossier.settings import DossierSettings
 from services.shared.auth import Principal, Role
@@ -197,6 +197,26 @@ def answers_to_pb(row: models.FormAnswers, answers_json: str = "") -> pb.FormAns
     )
 
 
+def definition_to_pb(definition: forms.FormDefinition) -> pb.FormDefinition:
+    return pb.FormDefinition(
+        form_definition_id=definition.definition_id,
+        kind=to_pb_enum(pb.FormKind, definition.kind),
+        therapeutic_area=definition.area,
+        version=definition.version,
+        schema_format=pb.FORM_SCHEMA_FORMAT_JSON_SCHEMA,
+        definition_json=definition.text,
+    )
+
+
+def _documents_page(rows: list[models.Document], limit: int) -> tuple[list[pb.Document], str]:
+    """A page of documents read by id (at most limit + 1), shown by upload time."""
+    by_id = sorted(rows, key=lambda r: r.document_id)
+    return (
+        [document_to_pb(r) for r in sorted(by_id[:limit], key=lambda r: r.uploaded_at)],
+        by_id[limit - 1].document_id if len(by_id) > limit else "",
+    )
+
+
 def abuse_to_pb(row: models.AbuseReport) -> pb.AbuseReport:
     return pb.AbuseReport(
         abuse_report_id=row.abuse_report_id,
@@ -322,10 +342,48 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
 
     async def GetCase(self, request: pb.GetCaseRequest, context: Any) -> pb.GetCaseResponse:
         principal = require_principal()
-        async with self._gate.case(principal, request.case_id, Need.READ) as (session, access):
-            await record(session, access, Action.READ, ObjectKind.CASE, access.case.case_id)
+        async with self._gate.read(principal, request.case_id) as (_session, access, reads):
+            reads.add(access, ObjectKind.CASE, access.case.case_id)
             response = pb.GetCaseResponse(case=case_to_pb(access.case))
         return response
+
+    async def GetCaseOverview(
+        self, request: pb.GetCaseOverviewRequest, context: Any
+    ) -> pb.GetCaseOverviewResponse:
+        """A case page in one read: one transaction, one access-log entry (the case, read),
+        committed before the response leaves."""
+        principal = require_principal()
+        async with self._gate.read(principal, request.case_id) as (session, access, reads):
+            found = await overview.case_overview(session, access, MAX_PAGE, request.include_form_answers)
+            reads.add(access, ObjectKind.CASE, access.case.case_id)
+            response = self._overview_to_pb(access, found)
+        return response
+
+    def _overview_to_pb(self, access: CaseAccess, found: overview.CaseOverview) -> pb.GetCaseOverviewResponse:
+        documents, documents_next = _documents_page(found.documents, MAX_PAGE)
+        return pb.GetCaseOverviewResponse(
+            case=case_to_pb(access.case),
+            documents=documents,
+            documents_next_page_token=documents_next,
+            messages=self._messages_to_pb(found.messages[:MAX_PAGE], found.receipts),
+            messages_next_page_token=str(MAX_PAGE) if len(found.messages) > MAX_PAGE else "",
+            reports=[
+                report_to_pb(r, reports.body_of(self._keyring, r) if overview.own_draft(r, access) else "")
+                for r in found.reports
+            ],
+            notes=self._notes_to_pb(access.case.case_id, found.notes),
+            forms=[
+                pb.CaseFormOverview(
+                    kind=to_pb_enum(pb.FormKind, form.kind),
+                    versions=[answers_to_pb(v) for v in form.versions],
+                    answers=answers_to_pb(form.answers, forms.open_answers(self._keyring, form.answers))
+                    if form.answers
+                    else None,
+                    definition=definition_to_pb(form.definition) if form.definition else None,
+                )
+                for form in found.forms
+            ],
+        )
 
     async def ListCases(self, request: pb.ListCasesRequest, context: Any) -> pb.ListCasesResponse:
         principal = require_principal()
@@ -362,6 +420,7 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         if statuses:
             query = query.where(models.Case.status.in_([s.value for s in statuses if s is not None]))
         query = query.order_by(*order).offset(offset).limit(limit + 1)
+        reads = Reads()
         async with self._sessions.begin() as session:
             rows = list((await session.scalars(query)).all())
             visible: list[models.Case] = []
@@ -370,12 +429,14 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
                     access = await self._gate.resolve(session, principal, case.case_id, Need.READ)
                 except (AccessRefused, ProcessingRestricted):
                     continue  # an opposed doctor, a restricted file, for instance
-                await record(session, access, Action.READ, ObjectKind.CASE, case.case_id)
+                reads.add(access, ObjectKind.CASE, case.case_id)
                 visible.append(case)
-        return pb.ListCasesResponse(
+        response = pb.ListCasesResponse(
             cases=[case_to_pb(c) for c in visible],
             next_page_token=str(offset + limit) if len(rows) > limit else "",
         )
+        await self._gate.log_reads(reads)  # before any of it leaves
+        return response
 
     async def SubmitCase(self, request: pb.SubmitCaseRequest, context: Any) -> pb.SubmitCaseResponse:
         """The filer confirms the request: both forms must have a submitted version. A case
@@ -478,13 +539,13 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         principal = require_principal()
         if principal.role not in (Role.PATIENT, Role.COORDINATOR):
             raise PermissionDenied("the treating physician's contact is the patient's")
-        async with self._gate.case(principal, request.case_id, Need.READ) as (session, access):
+        async with self._gate.read(principal, request.case_id) as (_session, access, reads):
             if not access.filer_side:
                 raise NotFound("case not found")
             contact = sharing.contact_of(self._keyring, access.case)
             if contact is None:
                 raise NotFound("no treating physician's contact was given")
-            await record(session, access, Action.READ, ObjectKind.CASE, access.case.case_id)
+            reads.add(access, ObjectKind.CASE, access.case.case_id)
         return pb.GetTreatingPhysicianResponse(treating_physician=physician_to_pb(contact))
 
     async def SetReportSharingObjection(
@@ -587,9 +648,9 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         self, request: pb.ListCaseAssignmentsRequest, context: Any
     ) -> pb.ListCaseAssignmentsResponse:
         principal = require_principal()
-        async with self._gate.case(principal, request.case_id, Need.READ) as (session, access):
+        async with self._gate.read(principal, request.case_id) as (session, access, reads):
             rows = await list_assignments(session, request.case_id)
-            await record(session, access, Action.READ, ObjectKind.CASE, request.case_id)
+            reads.add(access, ObjectKind.CASE, request.case_id)
             response = pb.ListCaseAssignmentsResponse(assignments=[assignment_to_pb(r) for r in rows])
         return response
 
@@ -635,16 +696,7 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         if request.version < 0:
             raise InvalidArgument("version must be 0 (current) or a positive number")
         definition = forms.definition(request.therapeutic_area, kind, request.version)
-        return pb.GetFormDefinitionResponse(
-            definition=pb.FormDefinition(
-                form_definition_id=definition.definition_id,
-                kind=request.kind,
-                therapeutic_area=definition.area,
-                version=definition.version,
-                schema_format=pb.FORM_SCHEMA_FORMAT_JSON_SCHEMA,
-                definition_json=definition.text,
-            )
-        )
+        return pb.GetFormDefinitionResponse(definition=definition_to_pb(definition))
 
     async def _save_form(self, request: Any, submit: bool) -> models.FormAnswers:
         principal = require_principal()
@@ -684,16 +736,9 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         kind = _required(from_pb_enum(pb.FormKind, forms.FormKind, request.kind), "kind")
         if request.version < 0:
             raise InvalidArgument("version must be 0 (latest) or a positive number")
-        async with self._gate.case(principal, request.case_id, Need.READ) as (session, access):
-            row = await forms.get_version(session, request.case_id, kind, request.version)
-            if access.doctor_side and row.status != forms.FormStatus.SUBMITTED:
-                # Doctors read what the patient submitted, not work in progress.
-                submitted = [v for v in await forms.list_versions(session, request.case_id, kind)
-                             if v.status == forms.FormStatus.SUBMITTED]  # fmt: skip
-                if request.version or not submitted:
-                    raise NotFound("no submitted answers to this form")
-                row = submitted[-1]
-            await record(session, access, Action.READ, ObjectKind.FORM_ANSWERS, row.form_answers_id)
+        async with self._gate.read(principal, request.case_id) as (session, access, reads):
+            row = await overview.readable_answers(session, access, kind, request.version)
+            reads.add(access, ObjectKind.FORM_ANSWERS, row.form_answers_id)
             response = pb.GetFormAnswersResponse(
                 answers=answers_to_pb(row, forms.open_answers(self._keyring, row))
             )
@@ -704,11 +749,9 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
     ) -> pb.ListFormVersionsResponse:
         principal = require_principal()
         kind = _required(from_pb_enum(pb.FormKind, forms.FormKind, request.kind), "kind")
-        async with self._gate.case(principal, request.case_id, Need.READ) as (session, access):
-            rows = await forms.list_versions(session, request.case_id, kind)
-            if access.doctor_side:
-                rows = [r for r in rows if r.status == forms.FormStatus.SUBMITTED]
-            await record(session, access, Action.READ, ObjectKind.FORM_ANSWERS, request.case_id)
+        async with self._gate.read(principal, request.case_id) as (session, access, reads):
+            rows = await overview.visible_versions(session, access, kind)
+            reads.add(access, ObjectKind.FORM_ANSWERS, request.case_id)
             response = pb.ListFormVersionsResponse(versions=[answers_to_pb(r) for r in rows])
         return response
 
@@ -745,6 +788,7 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
                 declared_size=meta.declared_size_bytes,
                 beneficiary_id=meta.beneficiary_id,
                 replaces_document_id=meta.replaces_document_id,
+                subject_account_id=meta.subject_account_id,
             )
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -790,11 +834,8 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         principal = require_principal()
         limit = _page(request.page_size)
         rows = await self._vault.list_for_case(principal, request.case_id, request.page_token, limit + 1)
-        by_id = sorted(rows, key=lambda r: r.document_id)
-        return pb.ListDocumentsResponse(
-            documents=[document_to_pb(r) for r in sorted(by_id[:limit], key=lambda r: r.uploaded_at)],
-            next_page_token=by_id[limit - 1].document_id if len(by_id) > limit else "",
-        )
+        documents, next_page_token = _documents_page(rows, limit)
+        return pb.ListDocumentsResponse(documents=documents, next_page_token=next_page_token)
 
     async def FlagDocument(self, request: pb.FlagDocumentRequest, context: Any) -> pb.FlagDocumentResponse:
         principal = require_principal()
@@ -839,19 +880,16 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
 
     async def GetCaseNotes(self, request: pb.GetCaseNotesRequest, context: Any) -> pb.GetCaseNotesResponse:
         principal = require_principal()
-        async with self._gate.case(principal, request.case_id, Need.READ) as (session, access):
+        async with self._gate.read(principal, request.case_id) as (session, access, reads):
             row = await exchanges.latest_notes(session, request.case_id)
-            await record(
-                session, access, Action.READ, ObjectKind.CASE_NOTES, row.notes_id if row else request.case_id
-            )
+            reads.add(access, ObjectKind.CASE_NOTES, row.notes_id if row else request.case_id)
             response = pb.GetCaseNotesResponse(notes=self._notes_to_pb(request.case_id, row))
         return response
 
     # --- messages ---------------------------------------------------------------------------
-    async def _messages_to_pb(
-        self, session: AsyncSession, rows: list[models.Message]
+    def _messages_to_pb(
+        self, rows: list[models.Message], found: dict[str, list[models.ReadReceipt]]
     ) -> list[pb.ThreadMessage]:
-        found = await exchanges.receipts(session, [r.message_id for r in rows])
         return [
             pb.ThreadMessage(
                 message_id=row.message_id,
@@ -888,17 +926,19 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         async with self._sessions() as session:
             row = await session.get(models.Message, message_id)
             assert row is not None
-            return pb.SendMessageResponse(message=(await self._messages_to_pb(session, [row]))[0])
+            found = await exchanges.receipts(session, [message_id])
+            return pb.SendMessageResponse(message=self._messages_to_pb([row], found)[0])
 
     async def ListMessages(self, request: pb.ListMessagesRequest, context: Any) -> pb.ListMessagesResponse:
         principal = require_principal()
         limit, offset = _page(request.page_size), _offset(request.page_token)
-        async with self._gate.case(principal, request.case_id, Need.READ) as (session, access):
+        async with self._gate.read(principal, request.case_id) as (session, access, reads):
             rows = await exchanges.thread(session, request.case_id, offset, limit + 1)
             for row in rows[:limit]:
-                await record(session, access, Action.READ, ObjectKind.MESSAGE, row.message_id)
+                reads.add(access, ObjectKind.MESSAGE, row.message_id)
+            found = await exchanges.receipts(session, [r.message_id for r in rows[:limit]])
             response = pb.ListMessagesResponse(
-                messages=await self._messages_to_pb(session, rows[:limit]),
+                messages=self._messages_to_pb(rows[:limit], found),
                 next_page_token=str(offset + limit) if len(rows) > limit else "",
             )
         return response
@@ -1061,10 +1101,10 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         principal = require_principal()
         row = await self._report_case(request.report_id)
         try:
-            async with self._gate.case(principal, row.case_id, Need.READ) as (session, access):
+            async with self._gate.read(principal, row.case_id) as (_session, access, reads):
                 if row.status != reports.ReportStatus.SEALED and row.author_account_id != principal.subject:
                     raise NotFound("report not found")  # drafts are the author's own
-                await record(session, access, Action.READ, ObjectKind.REPORT, row.report_id)
+                reads.add(access, ObjectKind.REPORT, row.report_id)
                 response = pb.GetReportResponse(report=report_to_pb(row, reports.body_of(self._keyring, row)))
         except AccessRefused:
             raise NotFound("report not found") from None
@@ -1074,15 +1114,9 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
         self, request: pb.ListCaseReportsRequest, context: Any
     ) -> pb.ListCaseReportsResponse:
         principal = require_principal()
-        async with self._gate.case(principal, request.case_id, Need.READ) as (session, access):
-            rows = [
-                r for r in await reports.case_reports(session, request.case_id)
-                # Drafts: their author, and the workflow (metadata only) before it delivers.
-                if r.status == reports.ReportStatus.SEALED
-                or r.author_account_id == principal.subject
-                or access.purpose is Purpose.PLATFORM_PROCESSING
-            ]  # fmt: skip
-            await record(session, access, Action.READ, ObjectKind.REPORT, request.case_id)
+        async with self._gate.read(principal, request.case_id) as (session, access, reads):
+            rows = await overview.visible_reports(session, access)
+            reads.add(access, ObjectKind.REPORT, request.case_id)
             response = pb.ListCaseReportsResponse(reports=[report_to_pb(r) for r in rows])
         return response
 
@@ -1263,10 +1297,13 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
     async def ReadArchivedSubject(
         self, request: pb.ReadArchivedSubjectRequest, context: Any
     ) -> pb.ReadArchivedSubjectResponse:
-        """RET-07: the only path to archived files; habilitated staff with a legal reason."""
+        """RET-07: the only path to archived files; the DPO, or a coordinator holding the
+        archive-access habilitation (SEC-05), with a legal reason."""
         principal = require_principal()
-        if principal.role is not Role.DPO and not self._gate.policy.health_data_habilitated(principal):
-            raise PermissionDenied("archived files are read by the DPO or health-data habilitated staff")
+        if not self._gate.policy.archive_reader(principal):
+            raise PermissionDenied(
+                "archived files are read by the DPO or staff holding the archive-access habilitation"
+            )
         subject_id = lifecycle.check_subject(request.subject_id)
         if request.purpose == pb.ARCHIVE_READ_PURPOSE_UNSPECIFIED:
             raise InvalidArgument("purpose (the legal reason) is required")
@@ -1292,6 +1329,25 @@ class DossierServicer(pb_grpc.DossierServiceServicer):
             fhir_bundle_json=json.dumps(bundle, ensure_ascii=False).encode(),
             archived_at=to_timestamp(archived_at),
             logged_count=logged,
+        )
+
+    async def ListSubjectCases(
+        self, request: pb.ListSubjectCasesRequest, context: Any
+    ) -> pb.ListSubjectCasesResponse:
+        """The lifecycle worker's view of a subject's cases (is an erasure possible now?),
+        logged once per call; a restricted case's status is not read (GDPR-04)."""
+        principal = self._lifecycle_caller(dpo=False)
+        subject_id = lifecycle.check_subject(request.subject_id)
+        cases = await lifecycle.list_subject_cases(self._sessions, self._gate.read_log, principal, subject_id)
+        return pb.ListSubjectCasesResponse(
+            cases=[
+                pb.SubjectCase(
+                    case_id=c.case_id,
+                    status=to_pb_enum(pb.CaseStatus, c.status) if c.status else pb.CASE_STATUS_UNSPECIFIED,
+                    processing_restricted=c.restricted,
+                )
+                for c in cases
+            ]
         )
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.shared.settings import DEFAULT_VAR_DIR, ServiceSettings
@@ -14,18 +14,18 @@ class DossierSettings(ServiceSettings):
     port: int = 50052
 
     # --- Access rules ---------------------------------------------------------------
-    # Until the identity service puts habilitation claims in its tokens (SEC-05), a
-    # coordinator holds the health-data habilitation only when their account id is here.
-    health_data_habilitated_account_ids: list[str] = Field(default_factory=list)
-    # Staff accounts holding the personal-assistant habilitation (CASE-14): they may fill
-    # data in for a patient; what they enter is recorded as entered under the mandate.
-    personal_assistant_account_ids: list[str] = Field(default_factory=list)
+    # Staff habilitations (health data SEC-05, personal assistant CASE-14) come from the
+    # callers' identity tokens (identity's GrantHabilitation), not from settings.
     # Internal services that act as the platform (role `service`): the case worker.
     platform_services: list[str] = Field(default_factory=lambda: ["worker"])
 
     # --- Documents ----------------------------------------------------------------
     # Largest document accepted, checked while streaming (before parsing).
     max_document_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    # Largest rights-request answer (GDPR-01, GDPR-05: the export zip the lifecycle worker
+    # stores for the person), checked while streaming; it holds every file of the person,
+    # so it is never below max_document_bytes.
+    max_rights_answer_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
     # Embedded default store: a local folder. Set s3_endpoint to use an S3-compatible store.
     objects_dir: Path = DEFAULT_VAR_DIR / "dossier-objects"
     s3_endpoint: str = ""
@@ -60,3 +60,12 @@ class DossierSettings(ServiceSettings):
     # --- Limits -----------------------------------------------------------------------
     max_text_chars: int = Field(default=20_000, gt=0)
     max_form_answers_bytes: int = Field(default=256 * 1024, gt=0)
+
+    @model_validator(mode="after")
+    def _answer_limit_covers_a_document(self) -> DossierSettings:
+        if self.max_rights_answer_bytes < self.max_document_bytes:
+            raise ValueError(
+                "DOSSIER_MAX_RIGHTS_ANSWER_BYTES must be at least DOSSIER_MAX_DOCUMENT_BYTES"
+                " (an answer holds the person's documents)"
+            )
+        return self

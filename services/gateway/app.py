@@ -7,6 +7,8 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
 
 import grpc
 from fastapi import FastAPI, Request, Response
@@ -15,6 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.trace import Span
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway.api.payments import router as psp_routes
@@ -28,9 +31,12 @@ from services.gateway.problems import (
     validation_error_handler,
 )
 from services.gateway.settings import GatewaySettings
+from services.gateway.web.contact import router as contact_pages
+from services.gateway.web.credentials import router as credential_pages
 from services.gateway.web.doctor import router as doctor_pages
 from services.gateway.web.onboarding import router as onboarding_pages
 from services.gateway.web.patient import router as patient_pages
+from services.gateway.web.rights import router as rights_pages
 from services.gateway.web.routes import router as web_pages
 from services.gateway.web.security import DEFAULT_LIMITS, CsrfProtection, RateLimiter
 from services.gateway.web.staff import router as staff_pages
@@ -134,6 +140,9 @@ def create_app(
     app.include_router(doctor_pages)
     app.include_router(staff_pages)
     app.include_router(onboarding_pages)
+    app.include_router(rights_pages)
+    app.include_router(contact_pages)
+    app.include_router(credential_pages)
 
     def openapi() -> dict[str, object]:
         if app.openapi_schema:
@@ -152,8 +161,31 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=str(Path(__file__).parent / "web" / "static")), name="static")
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls="healthz,readyz", server_request_hook=redact_query_in_span
+    )
     return app
+
+
+# Span attributes the HTTP instrumentation fills with the request's URL or its query.
+URL_ATTRIBUTES = ("http.url", "url.full", "http.target")
+
+
+def redact_query_in_span(span: Span | None, scope: dict[str, Any]) -> None:
+    """No query value reaches a trace: an emailed link's token, an invitation, whatever a
+    later page adds. The names stay, for debugging. Runs once the server span holds the
+    URL, before any route."""
+    raw = scope.get("query_string") or b""
+    if span is None or not raw or not span.is_recording():
+        return
+    pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+    query = "&".join(f"{name}=REDACTED" for name, _ in pairs)
+    span.set_attribute("url.query", query)
+    recorded = getattr(span, "attributes", None) or {}
+    for name in URL_ATTRIBUTES:
+        value = recorded.get(name)
+        if isinstance(value, str) and "?" in value:
+            span.set_attribute(name, value.split("?", 1)[0] + "?" + query)
 
 
 async def _health(target: str) -> str:

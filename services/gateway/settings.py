@@ -1,17 +1,18 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.shared.settings import Environment
+from services.shared.settings import ResidencyCheckedSettings
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ResidencyCheckedSettings):
+    # SEC-06: in production, every service the gateway forwards to is hosted in France.
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
-    environment: Environment = Environment.DEVELOPMENT
     host: str = "127.0.0.1"
     port: int = 8000
+
     identity_target: str = "127.0.0.1:50051"
     dossier_target: str = "127.0.0.1:50052"
     matching_target: str = "127.0.0.1:50053"

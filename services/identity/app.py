@@ -4,25 +4,35 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
 from secondopinion.identity.v1 import identity_pb2 as pb
 from secondopinion.identity.v1 import identity_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.identity.domain.accounts import AccountRegistry
 from services.identity.domain.context import Deps, Policy
-from services.identity.domain.notifier import Notifier
+from services.identity.domain.notifier import Courier, Notifier
 from services.identity.domain.passwords import PasswordHashing
 from services.identity.domain.secrets import CodeKeys
 from services.identity.servicer import IdentityServicer, session_policy
 from services.identity.settings import IdentitySettings
-from services.shared.auth import IDENTITY_ISSUER, ServiceTokenProvider, TokenSigner
+from services.shared.auth import IDENTITY_ISSUER, ServiceTokenProvider, TokenSigner, trusted_public_keys
 from services.shared.grpc_client import open_channel
 from services.shared.grpc_server import GrpcServer, ServiceRegistration
 from services.shared.service import serving
 from services.shared.settings import InternalAuthSettings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
+
+
+def token_keys(keys_dir: Path) -> tuple[tuple[str, bytes], ...]:
+    """Every trusted issuer's raw public key, identity's first (ListTokenSigningKeys)."""
+    keys = trusted_public_keys(keys_dir)
+    order = sorted(keys, key=lambda issuer: (issuer != IDENTITY_ISSUER, issuer))
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    return tuple((issuer, keys[issuer].public_bytes(*raw)) for issuer in order)
 
 
 def password_hashing(settings: IdentitySettings) -> PasswordHashing:
@@ -43,17 +53,21 @@ async def running(
         settings.notifications_target, ServiceTokenProvider(signer), settings.outgoing_call_timeout_seconds
     )
     hashing = password_hashing(settings)
-    deps = Deps(policy=Policy.from_settings(settings), hashing=hashing, keys=keys, notifier=Notifier(channel))
+    notifier = Notifier(channel)
+    courier = Courier(notifier)
+    deps = Deps(
+        policy=Policy.from_settings(settings), hashing=hashing, keys=keys, notifier=notifier, courier=courier
+    )
 
     def registrations(sessions: async_sessionmaker[AsyncSession]) -> list[ServiceRegistration]:
-        # RPCs of later issues (habilitations, rights requests, legal holds, retention)
-        # answer UNIMPLEMENTED through the generated base class.
-        servicer = IdentityServicer(  # type: ignore[abstract]
+        # An RPC not implemented here answers UNIMPLEMENTED through the generated base class.
+        servicer = IdentityServicer(
             sessions,
             AccountRegistry(hashing),
             signer,
             session_policy(settings.session_idle_timeout_seconds, settings.session_absolute_timeout_seconds),
             deps,
+            token_keys(auth.keys_dir),
         )
         return [ServiceRegistration(SERVICE_NAME, pb_grpc.add_IdentityServiceServicer_to_server, servicer)]
 
@@ -61,4 +75,5 @@ async def running(
         async with serving("identity", settings, auth, registrations) as server:
             yield server
     finally:
+        await courier.drain()
         await channel.close()

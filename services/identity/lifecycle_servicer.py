@@ -13,15 +13,18 @@ from secondopinion.identity.v1 import lifecycle_pb2 as lpb
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.identity.domain import lifecycle as lc
+from services.identity.domain.habilitations import archive_reader, rights_request_handler
 from services.identity.domain.retention import Category
 from services.identity.models import LegalHoldRecord, RightsRequestRecord, SubjectLifecycle
 from services.shared.auth import HUMAN_ROLES, Principal, Role
-from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.shared.principals import require_role
 from services.shared.protoconv import to_timestamp
 
 E = TypeVar("E", bound=StrEnum)
-# The lifecycle worker calls as the `worker` service; the DPO acts in person.
+# The lifecycle worker calls as the `worker` service; the DPO acts in person, and so does
+# a coordinator holding the matching habilitation (SEC-05): `rights_requests` for the
+# rights-request desk, `archive_access` for archive reads (RET-07).
 WORKERS = frozenset({"worker"})
 DPO_STAFF = (Role.DPO, Role.ADMINISTRATOR)
 MAX_PAGE = 200
@@ -60,6 +63,15 @@ def page(size: int, token: str, cap: int = MAX_PAGE) -> tuple[int, int]:
 
 def next_token(offset: int, limit: int, got: int) -> str:
     return str(offset + limit) if got == limit else ""
+
+
+def rights_desk() -> Principal:
+    """The DPO desk's callers: the DPO, administrators, a coordinator holding the
+    rights-requests habilitation, and the lifecycle worker."""
+    principal = require_role(*DPO_STAFF, Role.COORDINATOR, Role.SERVICE, services=WORKERS)
+    if not principal.is_service and not rights_request_handler(principal):
+        raise PermissionDenied("rights requests are handled by the DPO or habilitated staff")
+    return principal
 
 
 def when(stamp: Any) -> Any:
@@ -159,7 +171,7 @@ class LifecycleRpcs:
     async def _request_pb(self, request_id: str, principal: Principal | None = None) -> lpb.RightsRequest:
         async def read(session: AsyncSession) -> lpb.RightsRequest:
             record = await lc.get_request(session, request_id)
-            staff = principal is None or principal.is_service or principal.role in DPO_STAFF
+            staff = principal is None or principal.is_service or rights_request_handler(principal)
             if not staff and principal is not None and record.subject_id != principal.subject:
                 raise NotFound("rights request not found")
             return request_to_pb(record, await lc.request_secrets(session, self._subject_keys, record))
@@ -181,7 +193,7 @@ class LifecycleRpcs:
         self, request: pb.ListRightsRequestsRequest, context: Any
     ) -> pb.ListRightsRequestsResponse:
         principal = require_role(*Role)
-        staff = principal.role in DPO_STAFF or (principal.is_service and principal.subject in WORKERS)
+        staff = rights_request_handler(principal) or (principal.is_service and principal.subject in WORKERS)
         if not staff and (not request.subject_id or request.subject_id != principal.subject):
             raise InvalidArgument("subject_id must name the caller's own account")
         statuses = [enum_in(lpb.RightsRequestStatus, lc.Status, s, "statuses") for s in request.statuses]
@@ -199,7 +211,7 @@ class LifecycleRpcs:
     async def ExtendRightsRequestDeadline(
         self, request: pb.ExtendRightsRequestDeadlineRequest, context: Any
     ) -> pb.ExtendRightsRequestDeadlineResponse:
-        require_role(*DPO_STAFF, Role.SERVICE, services=WORKERS)
+        rights_desk()
         reason = enum_in(pb.DeadlineExtensionReason, lc.ExtensionReason, request.reason, "reason")
 
         async def extend(session: AsyncSession) -> str:
@@ -213,7 +225,7 @@ class LifecycleRpcs:
     async def RecordRightsRequestAnswer(
         self, request: pb.RecordRightsRequestAnswerRequest, context: Any
     ) -> pb.RecordRightsRequestAnswerResponse:
-        require_role(*DPO_STAFF, Role.SERVICE, services=WORKERS)
+        rights_desk()
         outcome = enum_in(lpb.RightsRequestOutcome, lc.Outcome, request.outcome, "outcome")
 
         async def answer(session: AsyncSession) -> str:
@@ -469,7 +481,11 @@ class LifecycleRpcs:
     async def ReadArchivedSubject(
         self, request: lpb.ReadArchivedSubjectRequest, context: Any
     ) -> lpb.ReadArchivedSubjectResponse:
-        principal = require_role(Role.DPO)
+        principal = require_role(Role.DPO, Role.COORDINATOR)
+        if not archive_reader(principal):
+            raise PermissionDenied(
+                "archives are read by the DPO or staff holding the archive-access habilitation"
+            )
         purpose = enum_in(lpb.ArchiveReadPurpose, lc.ArchivePurpose, request.purpose, "purpose")
 
         async def read(session: AsyncSession) -> tuple[dict[str, Any], Any, str]:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.shared.db import UTCDateTime, new_metadata
@@ -78,7 +89,7 @@ class Challenge(Base):
     __tablename__ = "challenges"
 
     challenge_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    purpose: Mapped[str] = mapped_column(String(16))  # login | step_up | reset
+    purpose: Mapped[str] = mapped_column(String(16))  # login | step_up | reset | contact | email_change
     # NULL for the decoy attempts of unknown emails (never answerable).
     account_id: Mapped[str | None] = mapped_column(
         ForeignKey("accounts.account_id"), nullable=True, index=True
@@ -98,6 +109,12 @@ class Challenge(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     ip_address: Mapped[str] = mapped_column(String(64), default="")
     user_agent: Mapped[str] = mapped_column(String(512), default="")
+    # A pending phone change (purpose "contact"): the new E.164 number the code went to,
+    # in force only once the code is confirmed. Purged with the account's challenges.
+    pending_phone_number: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    # A pending email change (purpose "email_change"): the new address the code went to,
+    # as typed, in force only once the code is confirmed. Purged likewise.
+    pending_email: Mapped[str | None] = mapped_column(String(320), nullable=True)
 
 
 class ResetLink(Base):
@@ -218,6 +235,8 @@ class EvidenceRecord(Base):
     ip_address: Mapped[str] = mapped_column(String(64), default="")
     user_agent: Mapped[str] = mapped_column(String(512), default="")
     recorded_by_account_id: Mapped[str] = mapped_column(String(36), default="")
+    # Habilitation records (SEC-05): the kind granted or revoked.
+    habilitation: Mapped[str] = mapped_column(String(32), default="")
     previous_hash_hex: Mapped[str] = mapped_column(String(64))
     record_hash_hex: Mapped[str] = mapped_column(String(64))
 
@@ -230,6 +249,35 @@ class EvidenceChainHead(Base):
     head_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_sequence: Mapped[int] = mapped_column(BigInteger)
     last_hash_hex: Mapped[str] = mapped_column(String(64))
+
+
+class HabilitationGrant(Base):
+    """A habilitation granted to a staff account (SEC-05, CASE-14). Never deleted: a
+    revocation closes the row, so the table is the history; at most one open row per
+    account and kind. The evidence chain records each grant and revocation too."""
+
+    __tablename__ = "habilitations"
+    __table_args__ = (
+        Index(
+            "uq_habilitations_active",
+            "account_id",
+            "kind",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    habilitation_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # No foreign key: the record outlives a purged account, like the evidence chain.
+    account_id: Mapped[str] = mapped_column(String(36), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(500))
+    granted_by: Mapped[str] = mapped_column(String(36))
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_by: Mapped[str] = mapped_column(String(36), default="")
+    revocation_reason: Mapped[str] = mapped_column(String(500), default="")
 
 
 class AuthenticationEvent(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -10,9 +11,10 @@ from google.protobuf.message import Message as ProtoMessage
 from secondopinion.identity.v1 import identity_pb2 as pb
 from secondopinion.identity.v1 import identity_pb2_grpc as pb_grpc
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.identity.domain import credentials, evidence, login, people
+from services.identity.domain import credentials, evidence, habilitations, login, people
 from services.identity.domain.accounts import (
     STAFF_CLOSURE_REASONS,
     AccountRegistry,
@@ -23,15 +25,26 @@ from services.identity.domain.accounts import (
     close_account,
     find_by_email,
     get_account,
+    mask_phone_for_display,
     needs_totp,
+    sign_up_attempt_notice,
     unlock_account,
     update_locale,
 )
+from services.identity.domain.contact import (
+    EMAIL_TAKEN,
+    confirm_email_change,
+    confirm_phone_change,
+    refuse_contact_update,
+    start_email_change,
+    start_phone_change,
+)
 from services.identity.domain.context import Deps
-from services.identity.domain.events import Client, EventKind
+from services.identity.domain.events import NO_CLIENT, Client, EventKind
 from services.identity.domain.evidence import AuthContext, ConsentKind, ObjectionKind, TextKind
 from services.identity.domain.factors import FactorKind, active_totp
 from services.identity.domain.lifecycle import SubjectKeys
+from services.identity.domain.notifier import Message
 from services.identity.domain.sessions import (
     SessionPolicy,
     current_session,
@@ -54,9 +67,18 @@ from services.identity.models import (
     TotpFactor,
     UserSession,
 )
-from services.shared.auth import HUMAN_ROLES, Principal, Role, TokenSigner
-from services.shared.errors import InvalidArgument, NotFound, PermissionDenied, ServiceError, Unauthenticated
-from services.shared.idempotency import run_once
+from services.shared.auth import HUMAN_ROLES, Habilitation, Principal, Role, TokenSigner
+from services.shared.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ServiceError,
+    Unauthenticated,
+)
+from services.shared.idempotency import check_key, request_fingerprint, run_once
 from services.shared.principals import require_role
 from services.shared.protoconv import from_pb_enum, to_pb_enum, to_timestamp
 
@@ -94,7 +116,13 @@ def next_token(offset: int, limit: int, got: int) -> str:
     return str(offset + limit) if got == limit else ""
 
 
-def account_to_pb(account: Account, totp_enrolled: bool = False) -> pb.Account:
+def habilitations_pb(held: frozenset[Habilitation]) -> list[Any]:
+    return sorted(to_pb_enum(pb.Habilitation, h) for h in held)
+
+
+def account_to_pb(
+    account: Account, totp_enrolled: bool = False, held: frozenset[Habilitation] = frozenset()
+) -> pb.Account:
     message = pb.Account(
         account_id=account.account_id,
         role=to_pb_enum(pb.AccountRole, Role(account.role)),
@@ -108,6 +136,7 @@ def account_to_pb(account: Account, totp_enrolled: bool = False) -> pb.Account:
         partner_id=account.partner_id,
         totp_enrolled=totp_enrolled,
         must_change_password=account.must_change_password,
+        habilitations=habilitations_pb(held),
     )
     if account.closed_at is not None:
         message.closed_at.CopyFrom(to_timestamp(account.closed_at))
@@ -162,6 +191,8 @@ def record_to_pb(record: EvidenceRecord) -> pb.EvidenceRecord:
         message.consent_kind = pb.ConsentKind.Value(f"CONSENT_KIND_{record.consent_kind}")
     if record.objection_kind:
         message.objection_kind = pb.ObjectionKind.Value(f"OBJECTION_KIND_{record.objection_kind}")
+    if record.habilitation:
+        message.habilitation = to_pb_enum(pb.Habilitation, Habilitation(record.habilitation))
     return message
 
 
@@ -216,10 +247,13 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
         signer: TokenSigner,
         session_policy: SessionPolicy,
         deps: Deps,
+        token_keys: tuple[tuple[str, bytes], ...] = (),
     ) -> None:
         self._sessions = sessions
         self._registry = registry
         self._signer = signer
+        # (key id, raw Ed25519 public key) of every trusted issuer, identity's first.
+        self._token_keys = token_keys
         self._session_policy = session_policy
         self._deps = deps
         self._subject_keys = SubjectKeys(deps.keys.subject_kek)
@@ -271,7 +305,23 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
         raise NotFound("account not found")
 
     async def _account_pb(self, session: AsyncSession, account: Account) -> pb.Account:
-        return account_to_pb(account, await active_totp(session, account.account_id) is not None)
+        return account_to_pb(
+            account,
+            await active_totp(session, account.account_id) is not None,
+            await habilitations.active(session, account.account_id),
+        )
+
+    async def _grantor_context(self, session: AsyncSession, principal: Principal) -> AuthContext:
+        """Who grants or revokes a habilitation, as the evidence record states it."""
+        if principal.is_service:
+            return AuthContext(method="SERVICE", recorded_by_account_id=principal.subject)
+        auth = await self._auth_context(session, principal, NO_CLIENT)
+        return AuthContext(
+            auth.method, auth.session_id, auth.client, recorded_by_account_id=principal.subject
+        )
+
+    def _habilitation(self, value: int) -> Habilitation:
+        return required(from_pb_enum(pb.Habilitation, Habilitation, value), "habilitation")
 
     # ------------------------------------------------------------ accounts
 
@@ -286,15 +336,28 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
             locale=request.locale,
         )
         client = client_of(request.client)
+        notices: list[Message] = []
 
         async def create(session: AsyncSession) -> str:
+            notices.clear()
             terms = await evidence.current_text(session, TextKind.TERMS, request.locale or "fr")
             if terms is not None:
                 if request.accepted_terms_version != terms.version:
                     raise InvalidArgument(f"the terms in force (version {terms.version}) must be accepted")
                 if request.accepted_terms_sha256_hex.lower() != terms.sha256_hex:
                     raise InvalidArgument("accepted_terms_sha256_hex does not match the terms in force")
-            account = await self._registry.sign_up_patient(session, new)
+            outcome = await self._registry.sign_up_patient(session, new)
+            if not outcome.created:
+                # No account enumeration: the same checks, the same Argon2 work and an
+                # answer of the same shape (an id no account has; a retry with the key gets
+                # it again), nothing created or changed; the owner is told by email.
+                if request.referral_token:
+                    await people.check_invitation(session, self._deps, request.referral_token)
+                notice = sign_up_attempt_notice(outcome.account, self._deps.policy.public_base_url)
+                if notice is not None:
+                    notices.append(notice)
+                return str(uuid.uuid4())
+            account = outcome.account
             if request.referral_token:
                 await people.redeem_invitation(
                     session, self._deps, request.referral_token, account.account_id
@@ -306,16 +369,25 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
                 )
             return account.account_id
 
-        account_id = await self._once(request, "SignUp", create, secrets=("password", "referral_token"))
+        secrets = ("password", "referral_token")
+        try:
+            account_id = await self._once(request, "SignUp", create, secrets=secrets)
+        except Aborted:
+            # Two sign-ups raced for one email and this one lost: answered as a known email.
+            account_id = await self._once(request, "SignUp", create, secrets=secrets)
+        for notice in notices:  # after the commit, off the answer's latency
+            self._deps.courier.post(notice)
         return pb.SignUpResponse(account_id=account_id)
 
     async def CreateStaffAccount(
         self, request: pb.CreateStaffAccountRequest, context: Any
     ) -> pb.CreateStaffAccountResponse:
-        require_role(Role.ADMINISTRATOR, Role.SERVICE, services=frozenset({"ops"}))
+        principal = require_role(Role.ADMINISTRATOR, Role.SERVICE, services=frozenset({"ops"}))
         role = from_pb_enum(pb.AccountRole, Role, request.role)
         if role is None:
             raise InvalidArgument("role is required")
+        # SEC-05: habilitations asked for at creation are granted as GrantHabilitation would.
+        granted = [self._habilitation(h) for h in request.habilitations]
         new = NewStaffMember(
             role=role,
             email=request.email,
@@ -326,7 +398,18 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
         )
 
         async def create(session: AsyncSession) -> str:
-            return (await self._registry.create_staff_member(session, new)).account_id
+            account = await self._registry.create_staff_member(session, new)
+            if granted:
+                auth = await self._grantor_context(session, principal)
+                await habilitations.grant_all(
+                    session,
+                    account.account_id,
+                    granted,
+                    "granted at account creation",
+                    principal.subject,
+                    auth,
+                )
+            return account.account_id
 
         account_id = await self._once(request, "CreateStaffAccount", create)
         return pb.CreateStaffAccountResponse(account_id=account_id)
@@ -387,6 +470,213 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
         async with self._sessions() as session:
             account = await get_account(session, request.account_id)
             return pb.UnlockAccountResponse(account=await self._account_pb(session, account))
+
+    async def UpdateContactDetails(
+        self, request: pb.UpdateContactDetailsRequest, context: Any
+    ) -> pb.UpdateContactDetailsResponse:
+        """Deprecated: an email or a phone number changes through its start/confirm pair."""
+        self._person()
+        refuse_contact_update(request.email, request.phone_number)
+
+    async def _once_committed(
+        self,
+        request: ProtoMessage,
+        operation: str,
+        account_id: str,
+        action: Callable[[AsyncSession], Awaitable[str | ServiceError]],
+        redacted: str,
+    ) -> str:
+        """run_once for commands whose refusals must leave a trace (a wrong code's counters
+        and log, an attempt spent from the hourly budget): the refusal is committed, then
+        raised; only a success records the key's result (run_once would roll back)."""
+        key = check_key(getattr(request, "idempotency_key", ""))
+        fingerprinted = type(request)()
+        fingerprinted.CopyFrom(request)
+        setattr(fingerprinted, redacted, self._deps.keys.redact(getattr(request, redacted)))
+        fingerprint = request_fingerprint(fingerprinted)
+
+        async def once(session: AsyncSession) -> str | ServiceError:
+            # The account row first: a concurrent retry waits, then finds the record.
+            await get_account(session, account_id, for_update=True)
+            previous = await session.get(IdempotencyRecord, key)
+            if previous is not None:
+                if previous.operation != operation or previous.request_hash != fingerprint:
+                    raise FailedPrecondition("idempotency_key was already used with different parameters")
+                return previous.result_id
+            outcome = await action(session)
+            if isinstance(outcome, ServiceError):
+                return outcome
+            session.add(
+                IdempotencyRecord(
+                    idempotency_key=key,
+                    operation=operation,
+                    request_hash=fingerprint,
+                    result_id=outcome,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            return outcome
+
+        return await self._commit_then_raise(once)
+
+    async def StartEmailChange(
+        self, request: pb.StartEmailChangeRequest, context: Any
+    ) -> pb.StartEmailChangeResponse:
+        principal = self._person()
+        client = client_of(request.client)
+
+        async def start(session: AsyncSession) -> str | ServiceError:
+            pending = await start_email_change(
+                session, self._deps, principal.subject, principal.session_id, request.email, client
+            )
+            return pending if isinstance(pending, ServiceError) else pending.change_id
+
+        change_id = await self._once_committed(
+            request, "StartEmailChange", principal.subject, start, redacted="email"
+        )
+        async with self._sessions() as session:
+            challenge = await session.get(Challenge, change_id)
+            assert challenge is not None
+            assert challenge.pending_email is not None
+            return pb.StartEmailChangeResponse(
+                change_id=change_id,
+                email=challenge.pending_email,
+                code_expires_at=ts(challenge.code_expires_at),
+            )
+
+    async def ConfirmEmailChange(
+        self, request: pb.ConfirmEmailChangeRequest, context: Any
+    ) -> pb.ConfirmEmailChangeResponse:
+        principal = self._person()
+        client = client_of(request.client)
+
+        async def confirm(session: AsyncSession) -> str | ServiceError:
+            outcome = await confirm_email_change(
+                session,
+                self._deps,
+                principal.subject,
+                principal.session_id,
+                request.change_id,
+                request.code,
+                client,
+            )
+            return outcome if isinstance(outcome, ServiceError) else outcome.account_id
+
+        try:
+            account_id = await self._once_committed(
+                request, "ConfirmEmailChange", principal.subject, confirm, redacted="code"
+            )
+        except IntegrityError as exc:
+            # Taken by a sign-up between the check and the write: nothing was changed.
+            raise AlreadyExists(EMAIL_TAKEN) from exc
+        async with self._sessions() as session:
+            account = await get_account(session, account_id)
+            return pb.ConfirmEmailChangeResponse(account=await self._account_pb(session, account))
+
+    async def StartPhoneNumberChange(
+        self, request: pb.StartPhoneNumberChangeRequest, context: Any
+    ) -> pb.StartPhoneNumberChangeResponse:
+        principal = self._person()
+        client = client_of(request.client)
+
+        async def start(session: AsyncSession) -> str:
+            pending = await start_phone_change(
+                session, self._deps, principal.subject, principal.session_id, request.phone_number, client
+            )
+            return pending.change_id
+
+        change_id = await self._once(request, "StartPhoneNumberChange", start, secrets=("phone_number",))
+        async with self._sessions() as session:
+            challenge = await session.get(Challenge, change_id)
+            assert challenge is not None
+            assert challenge.pending_phone_number is not None
+            return pb.StartPhoneNumberChangeResponse(
+                change_id=change_id,
+                masked_phone_number=mask_phone_for_display(challenge.pending_phone_number),
+                code_expires_at=ts(challenge.code_expires_at),
+            )
+
+    async def ConfirmPhoneNumberChange(
+        self, request: pb.ConfirmPhoneNumberChangeRequest, context: Any
+    ) -> pb.ConfirmPhoneNumberChangeResponse:
+        """Idempotent by its key, yet a wrong code is committed before it is refused (the
+        counters and the log): run_once would roll it back, so the record is kept here."""
+        principal = self._person()
+        client = client_of(request.client)
+        key = check_key(request.idempotency_key)
+        operation = "ConfirmPhoneNumberChange"
+        fingerprinted = pb.ConfirmPhoneNumberChangeRequest()
+        fingerprinted.CopyFrom(request)
+        fingerprinted.code = self._deps.keys.redact(request.code)
+        fingerprint = request_fingerprint(fingerprinted)
+
+        async def confirm(session: AsyncSession) -> str | ServiceError:
+            # The account row first: a concurrent retry waits, then finds the record.
+            await get_account(session, principal.subject, for_update=True)
+            previous = await session.get(IdempotencyRecord, key)
+            if previous is not None:
+                if previous.operation != operation or previous.request_hash != fingerprint:
+                    raise FailedPrecondition("idempotency_key was already used with different parameters")
+                return previous.result_id
+            outcome = await confirm_phone_change(
+                session,
+                self._deps,
+                principal.subject,
+                principal.session_id,
+                request.change_id,
+                request.code,
+                client,
+            )
+            if isinstance(outcome, ServiceError):
+                return outcome
+            session.add(
+                IdempotencyRecord(
+                    idempotency_key=key,
+                    operation=operation,
+                    request_hash=fingerprint,
+                    result_id=outcome.account_id,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            return outcome.account_id
+
+        account_id = await self._commit_then_raise(confirm)
+        async with self._sessions() as session:
+            account = await get_account(session, account_id)
+            return pb.ConfirmPhoneNumberChangeResponse(account=await self._account_pb(session, account))
+
+    # ------------------------------------------------------------ habilitations (SEC-05)
+
+    async def GrantHabilitation(
+        self, request: pb.GrantHabilitationRequest, context: Any
+    ) -> pb.GrantHabilitationResponse:
+        account = await self._change_habilitation(request, "GrantHabilitation", habilitations.grant)
+        return pb.GrantHabilitationResponse(account=account)
+
+    async def RevokeHabilitation(
+        self, request: pb.RevokeHabilitationRequest, context: Any
+    ) -> pb.RevokeHabilitationResponse:
+        account = await self._change_habilitation(request, "RevokeHabilitation", habilitations.revoke)
+        return pb.RevokeHabilitationResponse(account=account)
+
+    async def _change_habilitation(
+        self,
+        request: pb.GrantHabilitationRequest | pb.RevokeHabilitationRequest,
+        operation: str,
+        change: Callable[..., Awaitable[Any]],
+    ) -> pb.Account:
+        """A grant or a revocation, once per idempotency key; the account as it now is."""
+        principal = require_role(*habilitations.GRANTORS, services=habilitations.GRANTING_SERVICES)
+        kind = self._habilitation(request.habilitation)
+
+        async def run(session: AsyncSession) -> str:
+            auth = await self._grantor_context(session, principal)
+            await change(session, request.account_id, kind, request.reason, principal.subject, auth)
+            return request.account_id
+
+        await self._once(request, operation, run)
+        async with self._sessions() as session:
+            return await self._account_pb(session, await get_account(session, request.account_id))
 
     # ------------------------------------------------------------ login
 
@@ -517,8 +807,12 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
             valid = await validate_session(session, request.session_token, self._session_policy)
             role = Role(valid.account.role)
             account = valid.account
-            enrolled = await active_totp(session, account.account_id) is not None
-        token, expires_at = self._signer.mint(account.account_id, role, valid.session_id)
+            # Only staff enrol TOTP: a patient's page load skips the lookup.
+            must_enrol_totp = needs_totp(account) and await active_totp(session, account.account_id) is None
+            # SEC-05: the token carries the habilitations active now; a later change shows
+            # in the next token (tokens live a few minutes).
+            held = await habilitations.active(session, account.account_id, role)
+        token, expires_at = self._signer.mint(account.account_id, role, valid.session_id, held)
         response = pb.ValidateSessionResponse(
             account_id=account.account_id,
             role=to_pb_enum(pb.AccountRole, role),
@@ -527,11 +821,23 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
             internal_token_expires_at=to_timestamp(datetime.fromtimestamp(expires_at, UTC)),
             must_change_password=account.must_change_password,
             locale=account.locale,
-            must_enrol_totp=needs_totp(account) and not enrolled,
+            must_enrol_totp=must_enrol_totp,
+            habilitations=habilitations_pb(held),
         )
         if valid.step_up_valid_until is not None:
             response.step_up_valid_until.CopyFrom(to_timestamp(valid.step_up_valid_until))
         return response
+
+    async def ListTokenSigningKeys(
+        self, request: pb.ListTokenSigningKeysRequest, context: Any
+    ) -> pb.ListTokenSigningKeysResponse:
+        # Public keys only: callable without a token (grpc_server.UNAUTHENTICATED_PREFIXES).
+        return pb.ListTokenSigningKeysResponse(
+            keys=[
+                pb.TokenSigningKey(key_id=key_id, algorithm="Ed25519", public_key=raw)
+                for key_id, raw in self._token_keys
+            ]
+        )
 
     # ------------------------------------------------------------ sessions
 
@@ -654,13 +960,20 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
         self, request: pb.RequestPasswordResetRequest, context: Any
     ) -> pb.RequestPasswordResetResponse:
         require_role(Role.SERVICE, services=PUBLIC_CALLERS)
-        client = client_of(request.client)
+        emails: list[Message] = []
 
         async def reset(session: AsyncSession) -> str:
-            expires = await credentials.request_password_reset(session, self._deps, request.email, client)
-            return expires.isoformat()
+            emails.clear()
+            requested = await credentials.request_password_reset(session, self._deps, request.email)
+            if requested.message is not None:
+                emails.append(requested.message)
+            return requested.link_expires_at.isoformat()
 
         expires = await self._once(request, "RequestPasswordReset", reset)
+        # Known or not, the answer and its latency are the same (no enumeration): the
+        # email goes out after the commit, in the background.
+        for email in emails:
+            self._deps.courier.post(email)
         return pb.RequestPasswordResetResponse(link_expires_at=to_timestamp(datetime.fromisoformat(expires)))
 
     async def ConfirmPasswordResetLink(

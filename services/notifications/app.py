@@ -77,6 +77,7 @@ async def running(
     settings: NotificationsSettings, auth: InternalAuthSettings | None = None
 ) -> AsyncIterator[GrpcServer]:
     built: dict[str, Dispatcher] = {}
+    servicers: list[NotificationsServicer] = []
     channels: dict[Channel, DeliveryChannel] = {}
 
     def registrations(sessions: async_sessionmaker[AsyncSession]) -> list[ServiceRegistration]:
@@ -85,6 +86,7 @@ async def running(
         dispatcher = build_dispatcher(settings, sessions, channels, gate)
         built["dispatcher"] = dispatcher
         servicer = NotificationsServicer(sessions, settings, on_queued=dispatcher.wake, gate=gate)
+        servicers.append(servicer)
         return [
             ServiceRegistration(SERVICE_NAME, pb_grpc.add_NotificationsServiceServicer_to_server, servicer)
         ]
@@ -93,6 +95,13 @@ async def running(
         server = await stack.enter_async_context(
             serving("notifications", settings, auth or InternalAuthSettings(), registrations)
         )
+        # On exit, after the delivery loop: the server stops (in-flight calls finish, their
+        # messages committed by the send group commit), then the group commit ends (anything
+        # still queued is answered UNAVAILABLE), then `serving` closes the database (its
+        # second stop of the server does nothing).
+        for servicer in servicers:
+            stack.push_async_callback(servicer.aclose, settings.shutdown_grace_seconds)
+        stack.push_async_callback(server.stop)
         for channel in {id(c): c for c in channels.values()}.values():
             stack.push_async_callback(channel.aclose)
         await stack.enter_async_context(delivering(built["dispatcher"], settings.shutdown_grace_seconds))

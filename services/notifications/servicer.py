@@ -29,7 +29,7 @@ from services.notifications.domain.outbox import (
     list_development_messages,
     purge_ended_before,
     purge_recipient,
-    queue_notification,
+    queue_once,
 )
 from services.notifications.domain.recipients import (
     RecipientHasher,
@@ -38,8 +38,9 @@ from services.notifications.domain.recipients import (
     recipient_for,
 )
 from services.notifications.domain.rendering import Renderer
+from services.notifications.domain.sending import SendGroupCommit
 from services.notifications.domain.variables import RawVariables, template_context
-from services.notifications.models import IdempotencyRecord, Notification
+from services.notifications.models import IdempotencyRecord
 from services.notifications.settings import NotificationsSettings
 from services.shared.auth import Role
 from services.shared.db import utcnow
@@ -90,6 +91,16 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
         self._renderer = renderer or Renderer()
         self._hasher = RecipientHasher(self._settings.recipient_hash_key.get_secret_value().encode())
         self._rates = rate_policy(self._settings)
+        self._sends = (
+            SendGroupCommit(sessions, self._rates, gate=gate, max_batch=self._settings.send_batch_max)
+            if self._settings.send_group_commit
+            else None
+        )
+
+    async def aclose(self, grace_seconds: float) -> None:
+        """After the server stopped: let queued messages commit, answer what is left."""
+        if self._sends is not None:
+            await self._sends.aclose(grace_seconds)
 
     async def SendNotification(
         self, request: pb.SendNotificationRequest, context: Any
@@ -143,26 +154,18 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
             rendered=rendered,
         )
         scoped = self._scoped(request, principal.subject)
-
-        async def queue(session: AsyncSession) -> str:
-            return await queue_notification(session, new, scoped.idempotency_key, self._rates, utcnow())
-
-        async with self._gate:
-            notification_id, replayed = await run_once(
-                self._sessions, IdempotencyRecord, scoped, "SendNotification", queue
-            )
-        status = DeliveryStatus.QUEUED.value
-        if replayed:
-            async with self._sessions() as session:
-                notification = await session.get(Notification, notification_id)
-                status = notification.status if notification is not None else status
+        if self._sends is not None:
+            queued = await self._sends.submit(scoped, new)
         else:
+            async with self._gate:
+                queued = await queue_once(self._sessions, scoped, new, self._rates, utcnow())
+        if not queued.replayed:
             self._on_queued()
             log.info(
                 "notification queued",
                 extra={
                     "fields": {
-                        "notification_id": notification_id,
+                        "notification_id": queued.notification_id,
                         "template": template.value,
                         "channel": channel.value,
                         "recipient": recipient.masked,
@@ -170,7 +173,9 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
                     }
                 },
             )
-        return pb.SendNotificationResponse(notification_id=notification_id, status=_status_pb(status))
+        return pb.SendNotificationResponse(
+            notification_id=queued.notification_id, status=_status_pb(queued.status.value)
+        )
 
     @staticmethod
     def _scoped(request: Any, caller: str) -> Any:

@@ -71,6 +71,13 @@ class NotificationsSettings(ServiceSettings):
     retry_base_seconds: float = Field(default=5.0, gt=0)
     retry_max_seconds: float = Field(default=3600.0, gt=0)
 
+    # SendNotification by group commit: calls arriving together are decided and written in
+    # one transaction (see domain/sending.py). false: one transaction per call, as before
+    # (the escape hatch, and the bench's baseline).
+    send_group_commit: bool = True
+    # Most calls one transaction decides.
+    send_batch_max: int = Field(default=256, ge=1, le=1000)
+
     # Rate limits (per recipient): one-time codes by SMS, then every other template.
     code_limit_count: int = Field(default=5, ge=1)
     code_limit_window_seconds: int = Field(default=600, ge=1)

@@ -5,6 +5,11 @@ subject, role and session, and is signed by an issuer whose public key every ser
 holds. The identity service is the only issuer that may mint tokens for people; other
 issuers (the gateway, the workflow worker, the seeding tool) may only mint tokens for
 themselves with the `service` role. Nothing is ever taken from an unsigned header.
+
+A person's token also carries the account's active habilitations (claim `hab`, SEC-05,
+CASE-14), read by identity when it mints the token: a grant or a revocation takes effect
+at the account's next token, so within the token lifetime (5 minutes by default). A token
+without the claim holds none; only identity's person tokens may carry it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextvars
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -40,6 +46,18 @@ class Role(StrEnum):
 
 HUMAN_ROLES = frozenset(role for role in Role if role is not Role.SERVICE)
 IDENTITY_ISSUER = "identity"
+HABILITATIONS_CLAIM = "hab"
+MAX_HABILITATIONS = 16
+
+
+class Habilitation(StrEnum):
+    """Permissions granted to staff on top of their role (SEC-05, RET-07, CASE-14); the
+    values are the token claim's spelling and the API's codes."""
+
+    HEALTH_DATA = "health_data"
+    ARCHIVE_ACCESS = "archive_access"
+    PERSONAL_ASSISTANT = "personal_assistant"
+    RIGHTS_REQUESTS = "rights_requests"
 
 
 def roles_issuer_may_mint(issuer: str) -> frozenset[Role]:
@@ -62,10 +80,16 @@ class Principal:
     issuer: str
     token_id: str
     expires_at: float
+    # Active habilitations when the token was minted (values of `Habilitation`; a value
+    # this code does not know yet is kept as is and grants nothing).
+    habilitations: frozenset[str] = frozenset()
 
     @property
     def is_service(self) -> bool:
         return self.role is Role.SERVICE
+
+    def holds(self, habilitation: Habilitation) -> bool:
+        return habilitation.value in self.habilitations
 
 
 def generate_keypair(keys_dir: Path, issuer: str) -> None:
@@ -104,15 +128,24 @@ class TokenSigner:
             raise InvalidTokenError(f"{issuer} key is not Ed25519")
         return cls(issuer, key, ttl_seconds)
 
-    def mint(self, subject: str, role: Role, session_id: str = "") -> tuple[str, float]:
+    def mint(
+        self,
+        subject: str,
+        role: Role,
+        session_id: str = "",
+        habilitations: Iterable[Habilitation | str] = (),
+    ) -> tuple[str, float]:
         """Return a token and its expiry (epoch seconds)."""
         if role not in roles_issuer_may_mint(self.issuer):
             raise InvalidTokenError(f"issuer {self.issuer} may not mint role {role}")
         if role is Role.SERVICE and subject != self.issuer:
             raise InvalidTokenError("a service token names its own issuer")
+        held = sorted({str(Habilitation(h)) for h in habilitations})
+        if held and role is Role.SERVICE:
+            raise InvalidTokenError("habilitations are granted to people, not services")
         now = int(time.time())
         expires_at = now + self._ttl
-        claims = {
+        claims: dict[str, object] = {
             "iss": self.issuer,
             "sub": subject,
             "role": role.value,
@@ -122,6 +155,8 @@ class TokenSigner:
             "exp": expires_at,
             "jti": uuid.uuid4().hex,
         }
+        if held:
+            claims[HABILITATIONS_CLAIM] = held
         token = jwt.encode(claims, self._key, algorithm="EdDSA", headers={"kid": self.issuer})
         return token, float(expires_at)
 
@@ -146,11 +181,7 @@ class TokenVerifier:
 
     @classmethod
     def from_keys_dir(cls, keys_dir: Path) -> TokenVerifier:
-        keys: dict[str, Ed25519PublicKey] = {}
-        for path in sorted(keys_dir.glob("*.pub.pem")):
-            key = serialization.load_pem_public_key(path.read_bytes())
-            if isinstance(key, Ed25519PublicKey):
-                keys[path.name.removesuffix(".pub.pem")] = key
+        keys = trusted_public_keys(keys_dir)
         if not keys:
             raise InvalidTokenError(f"no trusted public keys in {keys_dir}")
         return cls(keys)
@@ -185,6 +216,7 @@ class TokenVerifier:
             raise InvalidTokenError("issuer may not speak for that role")
         if role is Role.SERVICE and claims["sub"] != issuer:
             raise InvalidTokenError("a service token must name its own issuer")
+        habilitations = _habilitations_claim(claims, issuer, role)
         return Principal(
             subject=str(claims["sub"]),
             role=role,
@@ -192,7 +224,34 @@ class TokenVerifier:
             issuer=issuer,
             token_id=str(claims["jti"]),
             expires_at=float(claims["exp"]),
+            habilitations=habilitations,
         )
+
+
+def _habilitations_claim(claims: dict[str, object], issuer: str, role: Role) -> frozenset[str]:
+    """The `hab` claim: absent means none; only identity's person tokens may carry it."""
+    value = claims.get(HABILITATIONS_CLAIM)
+    if value is None:
+        return frozenset()
+    if issuer != IDENTITY_ISSUER or role is Role.SERVICE:
+        raise InvalidTokenError("only identity's person tokens carry habilitations")
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_HABILITATIONS
+        or not all(isinstance(item, str) and 0 < len(item) <= 64 for item in value)
+    ):
+        raise InvalidTokenError("malformed habilitations claim")
+    return frozenset(value)
+
+
+def trusted_public_keys(keys_dir: Path) -> dict[str, Ed25519PublicKey]:
+    """`<issuer>.pub.pem` files of a keys folder, by issuer (the tokens' `kid`)."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for path in sorted(keys_dir.glob("*.pub.pem")):
+        key = serialization.load_pem_public_key(path.read_bytes())
+        if isinstance(key, Ed25519PublicKey):
+            keys[path.name.removesuffix(".pub.pem")] = key
+    return keys
 
 
 # The verified caller of the RPC being served (set by the server interceptor).

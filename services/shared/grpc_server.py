@@ -23,8 +23,13 @@ from services.shared.telemetry import grpc_server_interceptors
 
 log = logging.getLogger(__name__)
 
-# Probes and tooling that must work without a token; they expose no data.
-UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Probes and tooling that must work without a token; they expose no data. Identity's
+# token-signing keys are public keys only: anyone verifying a token may fetch them.
+UNAUTHENTICATED_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    "/secondopinion.identity.v1.IdentityService/ListTokenSigningKeys",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,50 @@ def bearer_token(metadata: Any) -> str:
     return ""
 
 
+# A client-streaming call refused before the client has sent everything: gRPC's asyncio
+# client then fails its next write and reports INTERNAL instead of our status
+# (grpc/grpc#36066). Reading the rest of the stream first lets the caller see the real
+# refusal; bounded so a huge or endless stream is cut off anyway.
+DRAIN_MAX_BYTES = 256 * 1024 * 1024
+DRAIN_MAX_SECONDS = 30.0
+
+
+class _ClientStream:
+    """A client-streaming call's requests, remembering whether the client finished."""
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self._requests = requests
+        self.finished = False
+
+    def __aiter__(self) -> _ClientStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await anext(self._requests)
+        except StopAsyncIteration:
+            self.finished = True
+            raise
+
+    async def drain(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if self.finished:
+            return
+        remaining = context.time_remaining()
+        budget = DRAIN_MAX_SECONDS if remaining is None else min(DRAIN_MAX_SECONDS, max(remaining, 0.0))
+
+        async def read_rest() -> None:
+            received = 0
+            async for message in self:
+                received += message.ByteSize()
+                if received > DRAIN_MAX_BYTES:
+                    return
+
+        try:
+            await asyncio.wait_for(read_rest(), budget)
+        except Exception:
+            return
+
+
 class _Guard:
     """Wraps every handler: verify the caller's token, map errors, log the outcome."""
 
@@ -52,41 +101,56 @@ class _Guard:
         self._verifier = verifier
         self._authenticate = authenticate
 
-    async def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
+    async def _principal(
+        self, context: grpc.aio.ServicerContext[Any, Any], stream: _ClientStream | None = None
+    ) -> Principal | None:
         if not self._authenticate:
             return None
         token = bearer_token(context.invocation_metadata())
         if not token or self._verifier is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "an internal identity token is required")
+            await _abort(
+                context, grpc.StatusCode.UNAUTHENTICATED, "an internal identity token is required", stream
+            )
         try:
             assert self._verifier is not None
             return self._verifier.verify(token)
         except InvalidTokenError as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"invalid internal identity token ({exc})")
+            await _abort(
+                context, grpc.StatusCode.UNAUTHENTICATED, f"invalid internal identity token ({exc})", stream
+            )
         raise AssertionError("unreachable")
 
-    async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
+    async def _fail(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        exc: Exception,
+        stream: _ClientStream | None = None,
+    ) -> None:
         if isinstance(exc, ServiceError):
             log.info("rpc refused", extra={"fields": {"method": method, "code": exc.status.name}})
-            await context.abort(exc.status, exc.message)
+            await _abort(context, exc.status, exc.message, stream)
         if isinstance(exc, NotImplementedError):
             # The generated base class's answer for an RPC a service does not implement yet:
             # callers (workflows) must see UNIMPLEMENTED, not a retryable INTERNAL.
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented")
+            await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "not implemented", stream)
         log.error("rpc failed", exc_info=exc, extra={"fields": {"method": method}})
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        await _abort(context, grpc.StatusCode.INTERNAL, "internal error", stream)
 
-    def unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def unary(
+        self, method: str, behavior: Callable[..., Awaitable[Any]], client_streaming: bool = False
+    ) -> Callable[..., Awaitable[Any]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            principal = await self._principal(context)
+            stream = _ClientStream(request) if client_streaming else None
+            principal = await self._principal(context, stream)
             token = current_principal.set(principal)
             started = time.perf_counter()
             try:
-                return await behavior(request, context)
+                return await behavior(request if stream is None else stream, context)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await self._fail(context, method, exc)
+                await self._fail(context, method, exc, stream)
             finally:
                 current_principal.reset(token)
                 log.debug(
@@ -114,6 +178,17 @@ class _Guard:
         return handler
 
 
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any],
+    code: grpc.StatusCode,
+    message: str,
+    stream: _ClientStream | None,
+) -> None:
+    if stream is not None:
+        await stream.drain(context)
+    await context.abort(code, message)
+
+
 class GuardInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, verifier: TokenVerifier | None) -> None:
         self._verifier = verifier
@@ -136,7 +211,9 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if h.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(guard.unary(method, h.unary_unary), **kwargs)
         if h.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(guard.unary(method, h.stream_unary), **kwargs)
+            return grpc.stream_unary_rpc_method_handler(
+                guard.unary(method, h.stream_unary, client_streaming=True), **kwargs
+            )
         if h.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(guard.streaming(method, h.unary_stream), **kwargs)
         return grpc.stream_stream_rpc_method_handler(guard.streaming(method, h.stream_stream), **kwargs)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.shared.residency import enforce_residency
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VAR_DIR = REPO_ROOT / "var"
@@ -46,12 +49,24 @@ class InternalAuthSettings(BaseSettings):
     token_ttl_seconds: int = Field(default=300, ge=10, le=3600)
 
 
-class ServiceSettings(BaseSettings):
-    """Base of every gRPC service's settings. Subclasses set `env_prefix`."""
+class ResidencyCheckedSettings(BaseSettings):
+    """Base of the settings of every process that sends data somewhere (services, gateway,
+    workers): in production it refuses to start with an address outside the certified host."""
 
     model_config = SettingsConfigDict(extra="ignore")
 
     environment: Environment = Environment.DEVELOPMENT
+
+    @model_validator(mode="after")
+    def _data_stays_with_the_certified_host(self) -> Self:
+        """SEC-06: a production process refuses to start with an address outside it."""
+        enforce_residency(self, production=self.environment is Environment.PRODUCTION)
+        return self
+
+
+class ServiceSettings(ResidencyCheckedSettings):
+    """Base of every gRPC service's settings. Subclasses set `env_prefix`."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
     # SQLite file by default (embedded), PostgreSQL by URL: postgresql+asyncpg://...

@@ -9,7 +9,7 @@ import hashlib
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,7 +34,7 @@ from services.billing.psp.sandbox import SandboxState, create_sandbox_app, sandb
 from services.billing.settings import BillingSettings
 from services.identity.app import running as identity_running
 from services.identity.settings import IdentitySettings
-from services.shared.auth import Role, ServiceTokenProvider, TokenSigner, generate_keypair
+from services.shared.auth import Habilitation, Role, ServiceTokenProvider, TokenSigner, generate_keypair
 from services.shared.grpc_client import open_channel
 from services.shared.protoconv import to_timestamp
 from services.shared.settings import Environment, InternalAuthSettings
@@ -123,8 +123,12 @@ class Env:
     def tokens(self, issuer: str) -> Callable[[], str]:
         return ServiceTokenProvider(TokenSigner.from_keys_dir(self.auth.keys_dir, issuer))
 
-    def person(self, account_id: str, role: Role) -> Callable[[], str]:
-        token, _ = TokenSigner.from_keys_dir(self.auth.keys_dir, "identity").mint(account_id, role, "s-1")
+    def person(
+        self, account_id: str, role: Role, habilitations: Iterable[Habilitation] = ()
+    ) -> Callable[[], str]:
+        """A person's token as identity mints it (with the habilitations it would hold)."""
+        signer = TokenSigner.from_keys_dir(self.auth.keys_dir, "identity")
+        token, _ = signer.mint(account_id, role, "s-1", habilitations)
         return lambda: token
 
     def billing(self, token: Callable[[], str | None] | None = None) -> Any:
@@ -207,6 +211,7 @@ async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
             psp_return_base_url=f"{relay_url}/psp",
             coverage_code_secret_hex=secrets.token_hex(32),
             archive_dir=workdir / "archive",
+            payment_sweep_interval_seconds=0.3,
         )
         billing = await stack.enter_async_context(running(settings, auth))
         partner = await stack.enter_async_context(running_partner_api(settings))
@@ -278,6 +283,11 @@ async def pay_in_sandbox(
             idempotency_key=key or f"pay-{uuid.uuid4()}", order_id=order.order_id, locale="fr"
         )
     )
+    return started.payment_attempt_id, await pay_started(env, started, card)
+
+
+async def pay_started(env: Env, started: pb.StartCardPaymentResponse, card: str) -> httpx.Response:
+    """Go through the sandbox's pages for an attempt already started (maybe long ago)."""
     async with httpx.AsyncClient() as browser:
         page = await browser.post(
             started.form_action_url, data={f.name: f.value for f in started.form_fields}
@@ -289,7 +299,7 @@ async def pay_in_sandbox(
             data={"token": token, "card_number": card, "expiry": "12/30", "cvv": "123"},
             follow_redirects=False,
         )
-    return started.payment_attempt_id, done
+    return done
 
 
 async def partner_with_agreement(

@@ -50,6 +50,18 @@ async def download(stub: object, request: object) -> tuple[object, bytes]:
     return metadata, content
 
 
+async def archived_invoice(stub: object, invoice_id: str, within: float = 10.0) -> pb.Invoice:
+    """The invoice once its document is archived (filled after the numbering commit)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        invoice: pb.Invoice = (
+            await stub.GetInvoice(pb.GetInvoiceRequest(invoice_id=invoice_id))  # type: ignore[attr-defined]
+        ).invoice
+        if invoice.sha256_hex or asyncio.get_running_loop().time() > deadline:
+            return invoice
+        await asyncio.sleep(0.05)
+
+
 def pdf_text(content: bytes) -> str:
     return " ".join(" ".join(page.extract_text().split()) for page in PdfReader(io.BytesIO(content)).pages)
 
@@ -84,7 +96,10 @@ async def test_invoices_are_issued_per_doctor_under_mandate_numbered_archived_an
         assert mine.billing_mandate_id == doctor.mandate_id
         assert mine.invoice_number == f"{doctor.invoice_number_prefix}-{year}-000001"
         assert mine.recipient_account_id == payer and mine.format == pb.INVOICE_FORMAT_PDF
-        assert mine.archive_locked
+    # Rendered and archived right after the numbering transaction, by the background renderer.
+    for invoice in issued:
+        archived = await archived_invoice(worker, invoice.invoice_id)
+        assert archived.archive_locked and len(archived.sha256_hex) == 64
     # A retry returns the same invoices; another key for the same order is refused.
     assert [i.invoice_id for i in (await worker.IssueInvoices(request)).invoices] == [
         i.invoice_id for i in issued
@@ -100,7 +115,8 @@ async def test_invoices_are_issued_per_doctor_under_mandate_numbered_archived_an
         patient, pb.DownloadInvoiceRequest(invoice_id=doctor_invoice.invoice_id)
     )
     assert metadata.invoice_number == doctor_invoice.invoice_number  # type: ignore[attr-defined]
-    assert hashlib.sha256(content).hexdigest() == doctor_invoice.sha256_hex
+    assert hashlib.sha256(content).hexdigest() == metadata.sha256_hex  # type: ignore[attr-defined]
+    assert metadata.sha256_hex == (await archived_invoice(worker, doctor_invoice.invoice_id)).sha256_hex  # type: ignore[attr-defined]
     body = pdf_text(content)
     assert (
         "au nom et pour le compte de" in body
@@ -154,7 +170,13 @@ async def test_invoices_are_issued_per_doctor_under_mandate_numbered_archived_an
             grpc.StatusCode.INVALID_ARGUMENT,
         )
     unchanged = await worker.GetInvoice(pb.GetInvoiceRequest(invoice_id=doctor_invoice.invoice_id))
-    assert unchanged.invoice == doctor_invoice
+    # The invoice as issued, with the archive reference filled once after rendering.
+    assert unchanged.invoice == await archived_invoice(worker, doctor_invoice.invoice_id)
+    as_issued = pb.Invoice()
+    as_issued.CopyFrom(unchanged.invoice)
+    as_issued.ClearField("sha256_hex")
+    as_issued.ClearField("archive_locked")
+    assert as_issued == doctor_invoice
     # BIL-05: the doctor's ledger and payout statement.
     ledger = await worker.ListCollectionLedger(pb.ListCollectionLedgerRequest(doctor_id=doctors[0].doctor_id))
     assert [(e.kind, e.amount_cents) for e in ledger.entries] == [
@@ -329,8 +351,8 @@ async def test_the_partner_api_authenticates_each_partner_and_confines_it_to_its
     assert not (await rival.ListCoveredCases(ppb.ListCoveredCasesRequest())).cases
     invoices = (await api.ListInvoices(ppb.ListInvoicesRequest())).invoices
     assert {i.invoice_id for i in invoices} == {i.invoice_id for i in issued}
-    _, content = await download(api, ppb.DownloadInvoiceRequest(invoice_id=invoices[0].invoice_id))
-    assert hashlib.sha256(content).hexdigest() == invoices[0].sha256_hex
+    metadata, content = await download(api, ppb.DownloadInvoiceRequest(invoice_id=invoices[0].invoice_id))
+    assert hashlib.sha256(content).hexdigest() == metadata.sha256_hex  # type: ignore[attr-defined]
     filename, xml = facturx.get_facturx_xml_from_pdf(content)
     assert filename == "factur-x.xml" and b"CrossIndustryInvoice" in xml
     assert b"oncology" not in xml and b"oncolog" not in content.lower()  # BIL-10: no therapeutic area
@@ -442,8 +464,8 @@ async def test_payment_data_is_purged_after_13_months_while_invoices_stay(env: E
     # The order (proof of the purchase) and the archived invoices remain.
     kept = await worker.GetOrder(pb.GetOrderRequest(order_id=order.order_id))
     assert kept.order.status == pb.ORDER_STATUS_PAID
-    _, content = await download(worker, pb.DownloadInvoiceRequest(invoice_id=issued[0].invoice_id))
-    assert hashlib.sha256(content).hexdigest() == issued[0].sha256_hex
+    metadata, content = await download(worker, pb.DownloadInvoiceRequest(invoice_id=issued[0].invoice_id))
+    assert hashlib.sha256(content).hexdigest() == metadata.sha256_hex  # type: ignore[attr-defined]
     await expect_status(
         env.billing(env.tokens("gateway")).PurgePaymentData(
             pb.PurgePaymentDataRequest(idempotency_key="x", older_than=ts(now() - timedelta(days=400)))

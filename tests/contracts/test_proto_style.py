@@ -344,6 +344,7 @@ READ_ONLY_RPCS = {
     # Reads of archived data change nothing but the access log (each read is logged).
     "IdentityService.ReadArchivedSubject",
     "DossierService.ReadArchivedSubject",
+    "BillingService.ReadArchivedSubject",
 }
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.dossier.app import running
 from services.dossier.domain.documents import DocumentVault
 from services.dossier.settings import DossierSettings
-from services.shared.auth import Role, ServiceTokenProvider, TokenSigner
+from services.shared.auth import Habilitation, Role, ServiceTokenProvider, TokenSigner
 from services.shared.db import create_engine
 from services.shared.grpc_client import open_channel
 from services.shared.objectstore import LocalDirectoryStore, ObjectStore, S3Store
@@ -37,6 +37,14 @@ from tests.support.stack import make_keys
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 COORDINATOR = "coord-habilitated"
 ASSISTANT = "assistant-pa"
+ARCHIVIST = "coord-archives"
+# What identity would put in these accounts' tokens after GrantHabilitation (SEC-05,
+# CASE-14); tests/identity/test_habilitations.py drives the real grant end to end.
+HABILITATIONS: dict[str, frozenset[Habilitation]] = {
+    COORDINATOR: frozenset({Habilitation.HEALTH_DATA}),
+    ASSISTANT: frozenset({Habilitation.PERSONAL_ASSISTANT}),
+    ARCHIVIST: frozenset({Habilitation.ARCHIVE_ACCESS}),
+}
 MAX_BYTES = 3 * 1024 * 1024
 
 
@@ -107,7 +115,8 @@ class Dossier:
     _stubs: dict[tuple[str, Role], pb_grpc.DossierServiceAsyncStub] = field(default_factory=dict)
 
     def token(self, subject: str, role: Role) -> str:
-        return TokenSigner.from_keys_dir(self.auth.keys_dir, "identity").mint(subject, role, "s")[0]
+        signer = TokenSigner.from_keys_dir(self.auth.keys_dir, "identity")
+        return signer.mint(subject, role, "s", HABILITATIONS.get(subject, ()))[0]
 
     async def as_(self, subject: str, role: Role) -> pb_grpc.DossierServiceAsyncStub:
         key = (subject, role)
@@ -115,7 +124,7 @@ class Dossier:
             if role is Role.SERVICE:
                 provider: Any = ServiceTokenProvider(TokenSigner.from_keys_dir(self.auth.keys_dir, subject))
             else:
-                token, _ = TokenSigner.from_keys_dir(self.auth.keys_dir, "identity").mint(subject, role, "s")
+                token = self.token(subject, role)
                 provider = lambda: token  # noqa: E731
             channel = open_channel(self.target, provider, default_timeout=30)
             await self._exit.enter_async_context(channel)
@@ -150,8 +159,14 @@ class Dossier:
 
 
 async def start_dossier(
-    tmp_path: Path, backend: str, store_kind: str, clamd: str, request: pytest.FixtureRequest
+    tmp_path: Path,
+    backend: str,
+    store_kind: str,
+    clamd: str,
+    request: pytest.FixtureRequest,
+    **overrides: Any,
 ) -> AsyncIterator[Dossier]:
+    """The service as configured for tests; `overrides` change settings (limits...)."""
     auth = make_keys(tmp_path / "keys")
     async with AsyncExitStack() as stack:
         url = await stack.enter_async_context(service_database("dossier", backend, tmp_path / "db"))
@@ -159,8 +174,6 @@ async def start_dossier(
             database_url=url,
             environment=Environment.TEST,
             port=0,
-            health_data_habilitated_account_ids=[COORDINATOR],
-            personal_assistant_account_ids=[ASSISTANT],
             max_document_bytes=MAX_BYTES,
             objects_dir=tmp_path / "objects",
             scratch_dir=tmp_path / "scratch",
@@ -168,6 +181,7 @@ async def start_dossier(
             encryption_chunk_bytes=64 * 1024,
             clamd_address=clamd,
             rescan_interval_seconds=0,
+            **overrides,
         )
         if store_kind == "s3":
             settings.s3_endpoint = request.getfixturevalue("s3_endpoint")

@@ -17,7 +17,7 @@ from secondopinion.dossier.v1 import dossier_pb2 as pb
 from services.dossier.domain.crypto import CryptoError, unwrap_for_subject
 from services.shared.auth import Role
 from tests.dossier import samples
-from tests.dossier.conftest import COORDINATOR, Dossier, assign, create_case, expect_status
+from tests.dossier.conftest import ARCHIVIST, COORDINATOR, Dossier, assign, create_case, expect_status
 from tests.dossier.test_documents import download, read_object, upload
 from tests.dossier.test_forms_and_exchanges import PATHOLOGY, PRE_FORM
 
@@ -206,30 +206,34 @@ async def test_archived_files_leave_every_normal_path_and_are_read_only_for_a_lo
     # Bob's file is untouched.
     assert (await (await dossier.patient("bob")).GetCase(pb.GetCaseRequest(case_id=bob["case"].case_id))).case
 
-    # The archive-read path: habilitated staff, a legal reason and a reference, logged.
+    # The archive-read path: the DPO or a coordinator holding archive access (not the
+    # health-data habilitation alone), a legal reason and a reference, logged.
     def read(purpose: int = pb.ARCHIVE_READ_PURPOSE_LITIGATION, reference: str = "RG 26/01234") -> Any:
         return pb.ReadArchivedSubjectRequest(subject_id="alice", purpose=purpose, reference=reference)  # type: ignore[arg-type]
 
     for stub in (
         await dossier.patient(),
         await dossier.as_("coord-plain", Role.COORDINATOR),
+        coordinator,  # health data only
+        await dossier.as_(ARCHIVIST, Role.PATIENT),  # the claim without the role
         alice["doctor"],
         worker,
     ):
         await expect_status(stub.ReadArchivedSubject(read()), PD)
+    archivist = await dossier.as_(ARCHIVIST, Role.COORDINATOR)
     dpo = await dossier.as_("dpo-1", Role.DPO)
     await expect_status(dpo.ReadArchivedSubject(read(purpose=pb.ARCHIVE_READ_PURPOSE_UNSPECIFIED)), IA)
     await expect_status(dpo.ReadArchivedSubject(read(reference=" ")), IA)
     await expect_status(dpo.ReadArchivedSubject(pb.ReadArchivedSubjectRequest(
         subject_id="bob", purpose=pb.ARCHIVE_READ_PURPOSE_LITIGATION, reference="x")), NF)  # fmt: skip
-    for stub in (dpo, coordinator):
+    for stub in (dpo, archivist):
         got = await stub.ReadArchivedSubject(read())
         assert got.archived_at == archived.archived_at and got.logged_count == 1
         bundle = Bundle.model_validate(json.loads(got.fhir_bundle_json))
         assert any(e.resource.id == case_id for e in bundle.entry or [])  # type: ignore[union-attr]
     history = (await dpo.ListAccessLog(pb.ListAccessLogRequest(subject_id="alice", case_id=case_id))).entries
     legal = [e for e in history if e.purpose == pb.ACCESS_PURPOSE_LEGAL_ARCHIVE]
-    assert [e.actor_account_id for e in legal] == [COORDINATOR, "dpo-1"]  # newest first
+    assert [e.actor_account_id for e in legal] == [ARCHIVIST, "dpo-1"]  # newest first
     assert any(e.action == pb.ACCESS_ACTION_LIFECYCLE for e in history)
 
 
@@ -372,3 +376,72 @@ async def test_a_purge_destroys_the_subject_key_and_deletes_rows_and_objects(dos
         pb.VerifyAccessLogChainRequest()
     )
     assert chain.intact
+
+
+@pytest.mark.req("GDPR-03")
+@pytest.mark.req("GDPR-04")
+@pytest.mark.req("SEC-01")
+async def test_the_lifecycle_worker_lists_a_subjects_cases_with_their_status_in_one_logged_call(
+    dossier: Dossier,
+) -> None:
+    worker = await dossier.worker()
+    alice = await dossier.patient("alice")
+    submitted = await create_case(alice, "l-submitted")  # created submitted
+    paying = await create_case(alice, "l-paying")
+    cancelled = await create_case(alice, "l-cancelled")
+    for n, (case, status) in enumerate(
+        ((paying, pb.CASE_STATUS_AWAITING_PAYMENT), (cancelled, pb.CASE_STATUS_CANCELLED))
+    ):
+        await worker.UpdateCaseStatus(
+            pb.UpdateCaseStatusRequest(idempotency_key=f"l-{n}", case_id=case.case_id, status=status)
+        )
+    restricted = await create_case(await dossier.patient("carol"), "l-carol")
+    await worker.RestrictSubject(
+        pb.RestrictSubjectRequest(
+            idempotency_key="l-r", subject_id="carol", rights_request_id="rr", restricted=True
+        )
+    )
+    await create_case(await dossier.patient("dave"), "l-dave")
+    await worker.ArchiveSubject(pb.ArchiveSubjectRequest(idempotency_key="l-a", subject_id="dave"))
+
+    def listing(subject: str) -> pb.ListSubjectCasesRequest:
+        return pb.ListSubjectCasesRequest(subject_id=subject)
+
+    async def entries() -> list[Any]:
+        return await dossier.sql(
+            "SELECT actor_account_id, action, object_kind, object_id, subject_account_id, purpose"
+            " FROM access_log ORDER BY sequence"
+        )
+
+    before = len(await entries())
+    got = await worker.ListSubjectCases(listing("alice"))
+    assert [(c.case_id, c.status, c.processing_restricted) for c in got.cases] == [
+        (submitted.case_id, pb.CASE_STATUS_SUBMITTED, False),
+        (paying.case_id, pb.CASE_STATUS_AWAITING_PAYMENT, False),
+        (cancelled.case_id, pb.CASE_STATUS_CANCELLED, False),
+    ]
+    # One entry for the call, whatever the number of cases: the subject, read as the platform.
+    logged = await entries()
+    assert logged[before:] == [("worker", "read", "case", "alice", "alice", "platform_processing")]
+    # A restricted case is listed, its status not read (GDPR-04); archived ones are out of
+    # reach (RET-07); someone with no case gets an empty list (still logged).
+    (carol,) = (await worker.ListSubjectCases(listing("carol"))).cases
+    assert (carol.case_id, carol.status, carol.processing_restricted) == (
+        restricted.case_id,
+        pb.CASE_STATUS_UNSPECIFIED,
+        True,
+    )
+    assert not (await worker.ListSubjectCases(listing("dave"))).cases
+    assert not (await worker.ListSubjectCases(listing("nobody"))).cases
+    assert len(await entries()) == len(logged) + 3
+    # The platform only: not the person, staff, or another service.
+    for stub in (
+        alice,
+        await dossier.as_("dpo-1", Role.DPO),
+        await dossier.as_(COORDINATOR, Role.COORDINATOR),
+        await dossier.as_("billing", Role.SERVICE),
+    ):
+        await expect_status(stub.ListSubjectCases(listing("alice")), PD)
+    for bad in ("", "x" * 37):
+        await expect_status(worker.ListSubjectCases(listing(bad)), IA)
+    assert len(await entries()) == len(logged) + 3

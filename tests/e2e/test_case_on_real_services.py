@@ -25,6 +25,7 @@ from tests.support.stack import platform_stack
 from workflows.case.models import (
     ApplyCoverageCode,
     CancelCase,
+    CasePolicy,
     CaseStatus,
     CaseWorkflowInput,
     CheckoutChanged,
@@ -45,7 +46,12 @@ async def expect_code(call: Any, code: grpc.StatusCode) -> None:
 
 
 async def covered_case_in_review(
-    world: World, client: Client, queue: str, patient: Person, *doctors: Doctor
+    world: World,
+    client: Client,
+    queue: str,
+    patient: Person,
+    *doctors: Doctor,
+    policy: CasePolicy | None = None,
 ) -> tuple[str, WorkflowHandle[Any, Any], list[matching_pb2.AcceptOfferResponse]]:
     """Checkout, coverage, the platform's pick, the doctors' accepts: the case in review.
     One doctor per `doctors` is asked (several: a collegial opinion, CASE-13)."""
@@ -54,7 +60,10 @@ async def covered_case_in_review(
     handle = await start_case_workflow(
         client,
         CaseWorkflowInput(
-            case_id=case.case_id, therapeutic_area="oncology", doctor_choice_mode="platform_chosen"
+            case_id=case.case_id,
+            therapeutic_area="oncology",
+            doctor_choice_mode="platform_chosen",
+            policy=policy or CasePolicy(),
         ),
         queue,
     )

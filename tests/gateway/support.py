@@ -6,7 +6,6 @@ worker where the case workflow is not driven here, and read codes as a person re
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import socket
@@ -73,9 +72,6 @@ class Portal:
     partner_id: str = ""
     agreement_id: str = ""
     app: Any = None
-    # Account id the dossier was started with in its habilitation allowlists (SEC-05,
-    # CASE-14): the coordinator created by `coordinator()` takes it.
-    habilitated_coordinator_id: str = ""
 
     # --- channels as the platform's own processes ---------------------------------------
     def _stub(self, service: str, issuer: str) -> Any:
@@ -155,33 +151,15 @@ class Portal:
         return person
 
     async def coordinator(self, email: str, name: str = "Coordination") -> Person:
-        """The habilitated coordinator (health data and personal-assistant mandate).
-
-        The dossier reads its habilitation allowlists (DOSSIER_HEALTH_DATA_HABILITATED_ACCOUNT_IDS,
-        DOSSIER_PERSONAL_ASSISTANT_ACCOUNT_IDS) at start-up, before any account exists; the
-        account is created through identity and then given the provisioned id, as an
-        operator provisions a known staff member."""
-        from sqlalchemy import update
-
-        from services.identity.models import Account
-
-        assert self.habilitated_coordinator_id, "one habilitated coordinator per portal"
-        account = await self.ops("identity").CreateStaffAccount(
-            identity_pb2.CreateStaffAccountRequest(
-                idempotency_key=f"staff-{email}", role=identity_pb2.ACCOUNT_ROLE_COORDINATOR, email=email,
-                phone_number="+33698765432", display_name=name,
-            )
-        )  # fmt: skip
-        assert self.stack._identity_sessions is not None
-        async with self.stack._identity_sessions.begin() as session:
-            await session.execute(
-                update(Account)
-                .where(Account.account_id == account.account_id)
-                .values(account_id=self.habilitated_coordinator_id)
-            )
-        account_id, self.habilitated_coordinator_id = self.habilitated_coordinator_id, ""
-        await self._set_password(account_id)
-        return Person(account_id, email, await self.stack.open_session(account_id))
+        """The habilitated coordinator (health data and personal-assistant mandate), granted
+        through identity as an operator provisions a staff member (SEC-05, CASE-14)."""
+        person = await self.staff(identity_pb2.ACCOUNT_ROLE_COORDINATOR, email, name)
+        await self.stack.grant_habilitations(
+            person.account_id,
+            identity_pb2.HABILITATION_HEALTH_DATA,
+            identity_pb2.HABILITATION_PERSONAL_ASSISTANT,
+        )
+        return person
 
     async def _set_password(self, account_id: str) -> None:
         """Staff onboarding (provisional credentials by email, then a new password) is the
@@ -429,13 +407,9 @@ async def running_portal(workdir: Path, backend: str = "sqlite", **gateway: Any)
     async with AsyncExitStack() as exit_stack:
         sandbox_url = await exit_stack.enter_async_context(serve_app(sandbox_app))  # type: ignore[arg-type]
         # Billing reads the PSP's addresses from its environment (the stack sets the rest).
-        coordinator_id = str(uuid.uuid4())
         environment = {
             "BILLING_PSP_PAYMENT_URL": f"{sandbox_url}/cgi/MYchoix_pagepaiement.cgi",
             "BILLING_PSP_RETURN_BASE_URL": f"{gateway_url}/api/payments/psp",
-            # SEC-05 and CASE-14: the coordinator `Portal.coordinator()` creates.
-            "DOSSIER_HEALTH_DATA_HABILITATED_ACCOUNT_IDS": json.dumps([coordinator_id]),
-            "DOSSIER_PERSONAL_ASSISTANT_ACCOUNT_IDS": json.dumps([coordinator_id]),
             # Emails land in the development outbox (read like SMS), not on an SMTP server.
             "NOTIFICATIONS_EMAIL_TRANSPORT": "development",
         }
@@ -462,10 +436,7 @@ async def running_portal(workdir: Path, backend: str = "sqlite", **gateway: Any)
         app = create_app(settings, stack.auth, stack.temporal_settings, connect_temporal=False)
         await exit_stack.enter_async_context(serve_on(app, gateway_socket))
         stack.gateway_url = gateway_url
-        portal = Portal(
-            stack, gateway_url, sandbox_url, sandbox_app, exit_stack, app=app,
-            habilitated_coordinator_id=coordinator_id,
-        )  # fmt: skip
+        portal = Portal(stack, gateway_url, sandbox_url, sandbox_app, exit_stack, app=app)
         await _seed(portal)
         yield portal
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,12 @@ from secondopinion.notifications.v1 import notifications_pb2 as npb
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.identity.app import running
+from services.identity.domain.sessions import open_session
 from services.identity.settings import IdentitySettings
 from services.shared.auth import Role, ServiceTokenProvider, TokenSigner, generate_keypair
-from services.shared.db import create_engine
+from services.shared.db import create_engine, session_factory
 from services.shared.grpc_client import open_channel
+from services.shared.grpc_server import GrpcServer
 from services.shared.settings import Environment, InternalAuthSettings
 from tests.support.databases import service_database
 from tests.support.recording_notifications import RecordingNotifications, recording_notifications
@@ -67,8 +71,37 @@ class Identity:
         token = valid.internal_token
         return self.stub(lambda: token)
 
+    async def create_staff(self, role: pb.AccountRole.ValueType, email: str, **fields: Any) -> str:
+        """A staff account created by the provisioning tool (ACC-12)."""
+        request = pb.CreateStaffAccountRequest(
+            idempotency_key=f"staff:{email}",
+            role=role,
+            email=email,
+            phone_number=fields.pop("phone_number", PHONE),
+            display_name=fields.pop("display_name", "Staff Member"),
+            **fields,
+        )
+        return (await self.ops.CreateStaffAccount(request)).account_id
+
+    async def open_session(self, account_id: str) -> str:
+        """A session as a completed login opens it (the login flow has its own tests)."""
+        async with session_factory(self.engine).begin() as session:
+            return (await open_session(session, account_id)).token
+
     def last(self, template: int) -> npb.SendNotificationRequest:
         return self.recorder.last(template)
+
+    def sent_of(self, template: int) -> list[npb.SendNotificationRequest]:
+        return [message for message in self.recorder.sent if message.template == template]
+
+    async def posted(self, template: int, count: int = 1) -> npb.SendNotificationRequest:
+        """The latest message of `template` once `count` of them arrived: identity posts
+        some emails after its answer, in the background (no account enumeration)."""
+        for _ in range(200):
+            if len(self.sent_of(template)) >= count:
+                return self.last(template)
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no message of template {template} was posted")
 
     def code(self, template: int = npb.NOTIFICATION_TEMPLATE_LOGIN_CODE) -> str:
         return self.last(template).variables.one_time_code
@@ -132,18 +165,45 @@ def make_auth(keys_dir: Path) -> InternalAuthSettings:
     return InternalAuthSettings(keys_dir=keys_dir)
 
 
-@pytest.fixture
-async def identity(tmp_path: Path, backend: str) -> AsyncIterator[Identity]:
+class SlowNotifications(RecordingNotifications):
+    """Answers after a delay, as the real service does: it renders the message and writes
+    its outbox under the recipient's rate-limit lock before it answers."""
+
+    delay_seconds = 0.02
+
+    async def SendNotification(
+        self, request: npb.SendNotificationRequest, context: Any
+    ) -> npb.SendNotificationResponse:
+        await asyncio.sleep(self.delay_seconds)
+        return await super().SendNotification(request, context)
+
+
+@asynccontextmanager
+async def slow_notifications(
+    auth: InternalAuthSettings,
+) -> AsyncIterator[tuple[GrpcServer, RecordingNotifications]]:
+    async with recording_notifications(auth, SlowNotifications()) as running:  # type: ignore[abstract]
+        yield running
+
+
+@asynccontextmanager
+async def identity_harness(
+    tmp_path: Path,
+    backend: str,
+    notifications: Callable[
+        [InternalAuthSettings], AbstractAsyncContextManager[tuple[GrpcServer, RecordingNotifications]]
+    ],
+) -> AsyncIterator[Identity]:
     auth = make_auth(tmp_path / "keys")
     async with (
         service_database("identity", backend, tmp_path / "db") as url,
-        recording_notifications(auth) as (notifications, recorder),
+        notifications(auth) as (notifications_server, recorder),
     ):
         settings = IdentitySettings(
             database_url=url,
             environment=Environment.TEST,
             port=0,
-            notifications_target=notifications.target,
+            notifications_target=notifications_server.target,
             code_resend_interval_seconds=0,
             max_codes_per_attempt=3,
         )
@@ -156,3 +216,16 @@ async def identity(tmp_path: Path, backend: str) -> AsyncIterator[Identity]:
                 for channel in harness.channels:
                     await channel.close()
                 await engine.dispose()
+
+
+@pytest.fixture
+async def identity(tmp_path: Path, backend: str) -> AsyncIterator[Identity]:
+    async with identity_harness(tmp_path, backend, recording_notifications) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def identity_slow_notifications(tmp_path: Path, backend: str) -> AsyncIterator[Identity]:
+    """Identity whose notifications service takes as long to answer as the real one."""
+    async with identity_harness(tmp_path, backend, slow_notifications) as harness:
+        yield harness

@@ -124,7 +124,7 @@ async def test_declared_loss_blocks_at_once_and_a_reset_by_link_and_code_unblock
     await identity.gateway.RequestPasswordReset(
         pb.RequestPasswordResetRequest(idempotency_key="p-1", email="LOST@example.org")
     )
-    email = identity.last(npb.NOTIFICATION_TEMPLATE_PASSWORD_RESET)
+    email = await identity.posted(npb.NOTIFICATION_TEMPLATE_PASSWORD_RESET)
     assert email.channel == npb.CHANNEL_EMAIL and email.email == "lost@example.org"
     token = identity.link_token(npb.NOTIFICATION_TEMPLATE_PASSWORD_RESET)
     await expect(
@@ -259,6 +259,7 @@ async def test_staff_enrol_totp_and_need_it_at_every_login(identity: Identity) -
     await identity.gateway.RequestPasswordReset(
         pb.RequestPasswordResetRequest(idempotency_key="r-1", email="dr@example.org")
     )
+    await identity.posted(npb.NOTIFICATION_TEMPLATE_PASSWORD_RESET)
     confirmed = await identity.gateway.ConfirmPasswordResetLink(
         pb.ConfirmPasswordResetLinkRequest(
             idempotency_key="c-1", reset_token=identity.link_token(npb.NOTIFICATION_TEMPLATE_PASSWORD_RESET)

@@ -22,7 +22,7 @@ from services.shared.auth import ServiceTokenProvider, TokenSigner
 from services.shared.db import create_engine, session_factory
 from services.shared.grpc_client import open_channel
 from services.shared.protoconv import to_timestamp
-from tests.lifecycle.conftest import World
+from tests.lifecycle.conftest import World, record_history
 from workflows.lifecycle.models import AnnouncementInput, AnnouncementResult
 from workflows.lifecycle.settings import LifecycleSettings
 from workflows.lifecycle.worker import start_announcement
@@ -136,6 +136,9 @@ async def test_new_terms_are_announced_once_to_every_open_account_before_they_ap
     assert (result.version, result.effective_at, result.sent, result.skipped) == ("2027-01", effective, 5, 0)
     described = await handle.describe()
     assert described.id == f"announce-{new.text_id}"
+    # The first run (a page, then continue-as-new) and the last (the result).
+    await record_history(world.client, handle.id, "announcement_first_run", handle.first_execution_run_id)
+    await record_history(world.client, handle.id, "announcement_last_run")
 
     first = await terms_updated_emails(world)
     per_recipient = Counter(recipient for recipient, _ in first)

@@ -252,6 +252,80 @@ async def test_rights_requests_are_recorded_with_channel_and_verified_identity(s
         assert relayed.rights_request.recorded_by_account_id == doctor
 
 
+@pytest.mark.req("GDPR-03")
+@pytest.mark.req("GDPR-08")
+async def test_an_erasure_refused_for_now_while_a_case_is_in_progress_is_answered_twice(stack: Stack) -> None:
+    """The record behind the workflow: REFUSED_CASE_IN_PROGRESS answers an erasure within the
+    deadline (status POSTPONED, no extension any more); the final answer then replaces it
+    and the time of the first answer stays."""
+    async with open_channel(stack.target("identity"), stack.ops_tokens()) as ops_channel:
+        ops = ipb_grpc.IdentityServiceStub(ops_channel)
+        patient = await sign_up(ops)
+        dpo = await staff(ops, ipb.ACCOUNT_ROLE_DPO)
+    verified = lpb.IDENTITY_VERIFICATION_METHOD_STEP_UP
+    async with person(stack, patient) as channel:
+        mine = ipb_grpc.IdentityServiceStub(channel)
+        erasure = await mine.RecordRightsRequest(
+            rr(patient, lpb.RIGHTS_REQUEST_KIND_ERASURE, lpb.RIGHTS_REQUEST_CHANNEL_PORTAL, verified)
+        )
+        access = await mine.RecordRightsRequest(
+            rr(patient, lpb.RIGHTS_REQUEST_KIND_ACCESS, lpb.RIGHTS_REQUEST_CHANNEL_PORTAL, verified)
+        )
+    erasure_id, access_id = erasure.rights_request.request_id, access.rights_request.request_id
+
+    def answer(request_id: str, key: str, outcome: int) -> ipb.RecordRightsRequestAnswerRequest:
+        return ipb.RecordRightsRequestAnswerRequest(
+            idempotency_key=key,
+            request_id=request_id,
+            outcome=outcome,  # type: ignore[arg-type]
+        )
+
+    later = lpb.RIGHTS_REQUEST_OUTCOME_REFUSED_CASE_IN_PROGRESS
+    async with person(stack, dpo, Role.DPO) as channel:
+        desk = ipb_grpc.IdentityServiceStub(channel)
+        # Only an erasure waits for a case to end.
+        assert await code_of(desk.RecordRightsRequestAnswer(answer(access_id, "a-1", later))) == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+        first = (await desk.RecordRightsRequestAnswer(answer(erasure_id, "e-1", later))).rights_request
+        assert first.status == lpb.RIGHTS_REQUEST_STATUS_POSTPONED and first.outcome == later
+        assert first.HasField("answered_at") and first.answered_at.ToDatetime() <= first.due_at.ToDatetime()
+        # Answered in time: not postponed twice, not extended.
+        assert await code_of(desk.RecordRightsRequestAnswer(answer(erasure_id, "e-2", later))) == (
+            grpc.StatusCode.FAILED_PRECONDITION
+        )
+        assert (
+            await code_of(
+                desk.ExtendRightsRequestDeadline(
+                    ipb.ExtendRightsRequestDeadlineRequest(
+                        idempotency_key="x-1",
+                        request_id=erasure_id,
+                        reason=ipb.DEADLINE_EXTENSION_REASON_COMPLEXITY,
+                        extension_months=1,
+                    )
+                )
+            )
+            == grpc.StatusCode.FAILED_PRECONDITION
+        )
+        # The DPO's desk finds it among the postponed ones.
+        listed = await desk.ListRightsRequests(
+            ipb.ListRightsRequestsRequest(subject_id=patient, statuses=[lpb.RIGHTS_REQUEST_STATUS_POSTPONED])
+        )
+        assert [r.request_id for r in listed.rights_requests] == [erasure_id]
+        # Carried out once the case ended: the final answer replaces it, the first time stays.
+        final = (
+            await desk.RecordRightsRequestAnswer(
+                answer(erasure_id, "e-3", lpb.RIGHTS_REQUEST_OUTCOME_PARTIALLY_GRANTED_RESTRICTED)
+            )
+        ).rights_request
+        assert final.status == lpb.RIGHTS_REQUEST_STATUS_ANSWERED
+        assert final.outcome == lpb.RIGHTS_REQUEST_OUTCOME_PARTIALLY_GRANTED_RESTRICTED
+        assert final.answered_at == first.answered_at
+        assert await code_of(
+            desk.RecordRightsRequestAnswer(answer(erasure_id, "e-4", lpb.RIGHTS_REQUEST_OUTCOME_GRANTED))
+        ) == (grpc.StatusCode.FAILED_PRECONDITION)
+
+
 @pytest.mark.req("RET-01")
 @pytest.mark.req("RET-02")
 @pytest.mark.req("RET-06")

@@ -26,7 +26,7 @@ from services.shared.auth import Role, ServiceTokenProvider, TokenSigner
 from services.shared.db import create_engine, session_factory
 from services.shared.grpc_client import open_channel
 from services.shared.protoconv import to_timestamp
-from tests.lifecycle.conftest import World
+from tests.lifecycle.conftest import World, record_history
 from workflows.lifecycle.models import (
     ActivityInput,
     ExtendInput,
@@ -178,6 +178,9 @@ async def test_activity_moves_the_clock_then_archive_at_five_years_and_purge_ten
         assert result.outcome == "PURGED" and result.purge_report is not None
         ended = await world.env.get_current_time(handle)
         assert ended - started > 15 * YEAR
+        # Both runs: the archive (then continue-as-new), and the purge ten years later.
+        await record_history(world.client, handle.id, "retention_archive_run", handle.first_execution_run_id)
+        await record_history(world.client, handle.id, "retention_purge_run")
         report = result.purge_report
         assert report.items["identity"]["accounts"] == 1
         assert "identity" in report.keys_destroyed
@@ -322,18 +325,24 @@ async def test_rights_request_deadline_extension_reminders_then_five_plus_ten_ye
         handle, RightsRequestWorkflow.state, lambda v: any("overdue" in r for r in v.reminders_sent)
     )
     assert any(r.endswith(":due") for r in view.reminders_sent)
-    # Fulfilled: the FHIR export is produced and the answer recorded.
+    # Fulfilled: the FHIR export is produced, stored in the dossier for the person, and the
+    # answer names it.
     fulfilled = await handle.execute_update(RightsRequestWorkflow.fulfil)
     assert fulfilled.outcome == "GRANTED" and fulfilled.export is not None
     assert fulfilled.export.resource_types["Patient"] == 1
-    assert (world.export_dir / fulfilled.export.object_key).exists()
+    assert fulfilled.export.document_id
+    assert not (world.export_dir / fulfilled.export.object_key).exists()
     stored = await world_worker_identity(world).GetRightsRequest(
         ipb.GetRightsRequestRequest(request_id=request.request_id)
     )
     assert stored.rights_request.status == lpb.RIGHTS_REQUEST_STATUS_ANSWERED
+    assert stored.rights_request.answer_document_id == fulfilled.export.document_id
     # RET-06: the record is archived five years after the request, purged ten years later.
     await world.env.fast_forward(handle, 5 * YEAR)
     assert await stage(world, request.request_id) == "SUBJECT_STAGE_ARCHIVED"
+    await record_history(
+        world.client, handle.id, "rights_request_extended_access", handle.first_execution_run_id
+    )
     await world.env.fast_forward(handle, 10 * YEAR + timedelta(days=3))
     # The chain ends as the record's retention workflow (continue-as-new into it).
     result = await world.client.get_workflow_handle(handle.id, result_type=RetentionResult).result()
@@ -370,13 +379,12 @@ async def test_daily_sweep_purges_by_age_and_starts_due_retention_workflows(worl
             assert stale is not None
             stale.last_activity_at = now - 6 * YEAR
             stale.created_at = now - 6 * YEAR
+        sweep_id = f"sweep-{uuid.uuid4()}"
         result: SweepResult = await world.client.execute_workflow(
-            RetentionSweepWorkflow.run,
-            SweepInput(as_of=now),
-            id=f"sweep-{uuid.uuid4()}",
-            task_queue=world.queue,
+            RetentionSweepWorkflow.run, SweepInput(as_of=now), id=sweep_id, task_queue=world.queue
         )
         assert result.age_purges.items["identity"]["authentication_events"] >= 1
+        await record_history(world.client, sweep_id, "sweep")
         assert "billing" in result.age_purges.items
         async with sessions() as session:
             kept = await session.scalars(

@@ -6,6 +6,7 @@ services (SQLite and PostgreSQL for the RPCs, the Temporal dev server for the wo
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import uuid
 import zipfile
@@ -36,7 +37,7 @@ from services.shared.auth import Role, ServiceTokenProvider, TokenSigner
 from services.shared.db import create_engine, session_factory
 from services.shared.grpc_client import open_channel
 from services.shared.protoconv import to_timestamp
-from tests.lifecycle.conftest import World
+from tests.lifecycle.conftest import World, continued_as_retention
 from tests.lifecycle.test_retention_workflows import until
 from tests.support.stack import Stack
 from workflows.lifecycle.models import RightsRequestInput
@@ -450,8 +451,10 @@ async def test_erasure_through_the_workflow_reaches_every_service(world: World) 
                 )
             ).rights_request.request_id
 
+    handles: dict[str, Any] = {}
+
     async def fulfil(request_id: str) -> Any:
-        handle = await world.client.start_workflow(
+        handles[request_id] = handle = await world.client.start_workflow(
             RightsRequestWorkflow.run,
             RightsRequestInput(request_id=request_id),
             id=rights_request_workflow_id(request_id),
@@ -466,12 +469,24 @@ async def test_erasure_through_the_workflow_reaches_every_service(world: World) 
     types = exported.export.resource_types
     assert types["Patient"] == 1 and types["ServiceRequest"] == 1 and types["Communication"] >= 1
     assert types["ChargeItem"] == 1 and types["Invoice"] == len(subject.invoice_ids) and types["Task"] == 1
-    # The archive carries the files themselves, not only references to them (issue 10 §4).
-    with zipfile.ZipFile(world.export_dir / exported.export.object_key) as archive:
+    # The archive carries the files themselves, not only references to them (issue 10 §4);
+    # the person downloads it from the dossier (the answer names it).
+    _, archive_bytes = await world.answer_archive(subject.account_id, exported.export.document_id)
+    assert hashlib.sha256(archive_bytes).hexdigest() == exported.export.sha256_hex
+    with zipfile.ZipFile(io.BytesIO(archive_bytes)) as archive:
         invoices = [name for name in archive.namelist() if name.startswith("invoices/")]
         assert len(invoices) == len(subject.invoice_ids)
         assert all(archive.read(name).startswith(b"%PDF") for name in invoices)
         assert "Files not included" not in archive.read("summary.txt").decode()
+        # Each invoice's DocumentReference points to its file in the archive.
+        bundle = Bundle.model_validate_json(archive.read("fhir-bundle.json"))
+        urls = [
+            content.attachment.url
+            for entry in bundle.entry or []
+            if resource_type(entry) == "DocumentReference"
+            for content in entry.resource.content  # type: ignore[union-attr]
+        ]
+        assert sorted(url for url in urls if url and url.startswith("invoices/")) == sorted(invoices)
 
     # The request ended (an erasure waits for cases in progress to end).
     async with as_service(stack, "dossier", "worker") as channel:
@@ -494,6 +509,9 @@ async def test_erasure_through_the_workflow_reaches_every_service(world: World) 
     assert "dossier" in report.keys_destroyed
     assert report.items["matching"]["case_assignments"] == 1
     assert report.items["notifications"]["recipient_addresses"] >= 1
+    await continued_as_retention(
+        world, handles[requests[lpb.RIGHTS_REQUEST_KIND_ERASURE]], "rights_request_erasure"
+    )
 
     # No service returns anything about the subject any more.
     async with as_person(stack, "billing", subject.account_id, Role.PATIENT) as channel:

@@ -74,7 +74,11 @@ async def test_development_channels_keep_messages_for_list_outbox_and_the_comman
         assert PHONE in printed and "100002" in printed and "100001" in printed and "100000" not in printed
 
 
-async def test_list_outbox_is_refused_outside_development(tmp_path: Path) -> None:
+async def test_list_outbox_is_refused_outside_development(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Production only sends to the approved hosting (SEC-06): these hosts stand for it.
+    monkeypatch.setenv("SO_HOSTING_APPROVED_HOSTS", '["127.0.0.1", "sms.example", "app.deuxiemeavis.test"]')
     async with notifications_service(
         tmp_path,
         "sqlite",

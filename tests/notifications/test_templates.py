@@ -178,3 +178,54 @@ def test_locales_fall_back_to_french() -> None:
     assert [normalise_locale(x) for x in ("en-GB", "EN", "fr_FR", "", "de", "zz-Latn")] == [
         "en", "en", "fr", "fr", "fr", "fr",
     ]  # fmt: skip
+
+
+@pytest.mark.req("SEC-08")
+@pytest.mark.req("ACC-01")
+@pytest.mark.parametrize(
+    ("locale", "words"),
+    [
+        ("fr", ("essayé de créer un compte", "aucun nouveau compte", "réinitialisation")),
+        ("en", ("tried to create an account", "no new account", "password reset")),
+    ],
+)
+def test_the_sign_up_attempt_notice_tells_the_owner_and_nothing_about_the_attempt(
+    locale: str, words: tuple[str, ...]
+) -> None:
+    """Sent to the owner of an address someone signed up with (no account enumeration on
+    the form): email only, a login link, no date, code, amount or anything of the other
+    person (the request has no field that could carry their phone or address)."""
+    spec = SPECS[Template.SIGN_UP_ATTEMPT_ON_EXISTING_ACCOUNT]
+    assert spec.channels == {Channel.EMAIL} and spec.variables == {Variable.FIRST_NAME, Variable.LINK}
+    raw = RawVariables(link=f"{BASE_URL}/login")
+    context = template_context(spec, raw, locale, public_base_url=BASE_URL, time_zone="Europe/Paris")
+    message = renderer.render(spec.template, locale, Channel.EMAIL, context)
+    for word in words:
+        assert word in message.text.lower(), word
+    assert f"{BASE_URL}/login" in message.text and f'href="{BASE_URL}/login"' in message.html
+
+
+@pytest.mark.req("SEC-08")
+@pytest.mark.req("GDPR-03")
+@pytest.mark.parametrize(
+    ("locale", "words"),
+    [
+        ("fr", ("effacement", "ne peut pas être exécutée", "dès la clôture")),
+        ("en", ("erasure", "cannot be carried out yet", "as soon as")),
+    ],
+)
+def test_the_postponed_erasure_notice_promises_no_date_and_names_nothing_medical(
+    locale: str, words: tuple[str, ...]
+) -> None:
+    """An erasure refused for now while a case is in progress: the person is told it waits
+    for the case, with a link to the request; no date, no area, no case detail."""
+    spec = SPECS[Template.RIGHTS_REQUEST_POSTPONED]
+    assert spec.channels == {Channel.EMAIL} and spec.variables == {Variable.FIRST_NAME, Variable.LINK}
+    link = f"{BASE_URL}/privacy/requests/r-1"
+    context = template_context(
+        spec, RawVariables(link=link), locale, public_base_url=BASE_URL, time_zone="Europe/Paris"
+    )
+    message = renderer.render(spec.template, locale, Channel.EMAIL, context)
+    for word in words:
+        assert word in message.text.lower(), word
+    assert link in message.text and f'href="{link}"' in message.html

@@ -47,9 +47,11 @@ class RecordingNotifications(pb_grpc.NotificationsServiceServicer):
 
 @asynccontextmanager
 async def recording_notifications(
-    auth: InternalAuthSettings,
+    auth: InternalAuthSettings, recorder: RecordingNotifications | None = None
 ) -> AsyncIterator[tuple[GrpcServer, RecordingNotifications]]:
-    recorder = RecordingNotifications()  # type: ignore[abstract]
+    """A notifications service on port 0 that records what it is asked (or `recorder`,
+    a subclass that behaves otherwise)."""
+    recorder = recorder or RecordingNotifications()  # type: ignore[abstract]
     server = GrpcServer(
         "notifications-recorder",
         [ServiceRegistration(SERVICE_NAME, pb_grpc.add_NotificationsServiceServicer_to_server, recorder)],

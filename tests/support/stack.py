@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI
+from secondopinion.identity.v1 import identity_pb2, identity_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
@@ -28,6 +30,7 @@ from services.notifications.app import running as notifications_running
 from services.notifications.settings import NotificationsSettings
 from services.shared.auth import ServiceTokenProvider, TokenSigner, generate_keypair
 from services.shared.db import create_engine, session_factory
+from services.shared.grpc_client import open_channel
 from services.shared.grpc_server import GrpcServer
 from services.shared.settings import Environment, InternalAuthSettings
 from tests.support.databases import service_database
@@ -81,6 +84,26 @@ class Stack:
 
     def identity_tokens(self) -> TokenSigner:
         return TokenSigner.from_keys_dir(self.auth.keys_dir, "identity")
+
+    async def grant_habilitations(
+        self, account_id: str, *kinds: int, reason: str = "test provisioning"
+    ) -> identity_pb2.Account:
+        """SEC-05, CASE-14: what an operator does for a new staff member (GrantHabilitation as
+        the provisioning tool); the account's next internal token carries them."""
+        account = identity_pb2.Account()
+        async with open_channel(self.target("identity"), self.ops_tokens()) as channel:
+            identity = identity_pb2_grpc.IdentityServiceStub(channel)
+            for kind in kinds:
+                granted = await identity.GrantHabilitation(
+                    identity_pb2.GrantHabilitationRequest(
+                        idempotency_key=f"grant-{account_id}-{kind}",
+                        account_id=account_id,
+                        habilitation=cast(Any, kind),
+                        reason=reason,
+                    )
+                )
+                account = granted.account
+        return account
 
     async def open_session(self, account_id: str) -> str:
         """A session as a completed login would open it (login flow: identity issue)."""

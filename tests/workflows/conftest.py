@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowHandle
-from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
+from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import temporal_cli
+from tests.conftest import time_skipping_dev_server
 from tests.workflows.fakes import FakeServices, Recorder, World
-from workflows import search_attributes
 from workflows.case.models import (
     CasePolicy,
     CaseView,
@@ -32,9 +31,6 @@ from workflows.case.workflow import CaseWorkflow
 from workflows.settings import TemporalSettings, WorkerSettings
 from workflows.temporal_client import data_converter
 from workflows.worker import build_worker
-
-TIME_SKIPPING_ARGS = ["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"]
-
 
 HISTORIES = Path(__file__).parent / "histories"
 # A test-only key, committed so the recorded histories (sealed like production ones) can
@@ -52,18 +48,8 @@ def payload_settings() -> TemporalSettings:
 @pytest.fixture(scope="session")
 async def ts_env(payload_settings: TemporalSettings) -> AsyncIterator[WorkflowEnvironment]:
     """The real dev server; time is skipped only when a test fast-forwards a workflow."""
-    env = await WorkflowEnvironment.start_time_skipping_v2(
-        ts_config=TimeSkippingConfig(enabled=False),
-        dev_server_existing_path=temporal_cli(),
-        dev_server_extra_args=TIME_SKIPPING_ARGS,
-        dev_server_log_level="error",
-        search_attributes=search_attributes.ALL,
-        data_converter=data_converter(payload_settings),
-    )
-    try:
+    async with time_skipping_dev_server(data_converter(payload_settings)) as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 @dataclass

@@ -4,6 +4,7 @@ seconds. Activities are recording implementations under the real names (fakes.py
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +36,16 @@ async def pay_by_card(h: Harness, handle: WorkflowHandle[Any, Any]) -> None:
     await handle.signal(
         CaseWorkflow.payment_notified, PaymentNotified(payment_attempt_id=form.payment_attempt_id)
     )
+
+
+async def emailed(h: Harness, template: str, count: int = 1) -> list[dict[str, Any]]:
+    """The emails of a template once `count` went out: the notify activity runs after the
+    state change the view shows, so a test that saw the state waits for the email."""
+    for _ in range(200):
+        if len(h.rec.emails(template)) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return h.rec.emails(template)
 
 
 async def accept(h: Harness, handle: WorkflowHandle[Any, Any], doctor_id: str) -> None:
@@ -186,7 +197,12 @@ async def test_missed_deadline_escalates_and_reassigns(harness: Harness) -> None
     view = await h.view(handle)
     assert view.slots[0].doctor_id == "doc-b"
     assert view.slots[0].deadline_at is not None and view.slots[0].deadline_at > first
-    # The patient is told the new date; the dossier records the reassignment.
+    # The patient is told the new date; the dossier records the reassignment (activities
+    # that run after the new slot shows in the view: waited for).
+    for _ in range(200):
+        if h.rec.emails("case_deadline_extended") and len(h.rec.effects("set_case_deadline")) == 2:
+            break
+        await asyncio.sleep(0.05)
     told = h.rec.emails("case_deadline_extended")
     assert len(told) == 1 and told[0]["date"] == view.slots[0].deadline_at.isoformat()
     reasons = [d["reason"] for d in h.rec.effects("set_case_deadline").values()]
@@ -218,7 +234,7 @@ async def test_patient_chosen_doctor_gets_the_announced_delay(harness: Harness) 
     await pay_by_card(h, handle)
     view = await h.until(handle, lambda v: v.pending_offer_doctor_id == "doc-c")
     # The patient who picked the doctor is emailed the expected delay (CASE-10, NOT-02).
-    delay = h.rec.emails("expected_delay")
+    delay = await emailed(h, "expected_delay")
     assert len(delay) == 1 and view.expected_delivery_at is not None
     assert delay[0]["date"] == view.expected_delivery_at.isoformat()
     assert delay[0]["recipient"] == "account:acct-patient"
@@ -231,8 +247,8 @@ async def test_patient_chosen_doctor_gets_the_announced_delay(harness: Harness) 
     await h.forward(handle, timedelta(days=10, hours=1))
     view = await h.until(handle, lambda v: v.slots[0].extensions == 1)
     assert not h.rec.effects("reassign_case")
-    assert len(h.rec.emails("coordinator_escalation")) == 1
-    extended = h.rec.emails("case_deadline_extended")
+    assert len(await emailed(h, "coordinator_escalation")) == 1
+    extended = await emailed(h, "case_deadline_extended")
     assert len(extended) == 1 and extended[0]["date"] == view.slots[0].deadline_at.isoformat()  # type: ignore[union-attr]
     await submit(h, handle, "doc-c", "rep-c")
     assert (await handle.result()).status == "closed"

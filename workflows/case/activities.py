@@ -651,9 +651,14 @@ class CaseActivities:
         return account.email, account.locale or "fr"
 
     def _link(self, data: NotifyInput) -> str:
+        """The gateway page the message is about (tests/gateway/test_email_links.py checks
+        every such path is served)."""
         if data.recipient.kind is RecipientKind.COORDINATORS:
-            return f"{self._portal}/staff/cases/{data.case_id}"
+            return f"{self._portal}/coordination/cases/{data.case_id}"
         if data.recipient.kind is RecipientKind.DOCTOR:
+            if data.template is Template.DOCTOR_NEW_OFFER:
+                # Not assigned yet: the case opens only once the offer is accepted.
+                return f"{self._portal}/doctor"
             return f"{self._portal}/doctor/cases/{data.case_id}"
         return f"{self._portal}/cases/{data.case_id}"
 

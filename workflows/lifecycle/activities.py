@@ -4,6 +4,11 @@ Every call carries the worker's service identity and an idempotency key derived 
 subject and the step. Contact details and exported data are read and used here, never
 returned: only ids, codes, dates and counts enter Temporal's history.
 
+The export answering an access or portability request is written to the export folder,
+streamed to the dossier as an account-level document of the person (a rights-request
+answer, uploaded as the platform for them), then deleted here: the answer names the
+document, which the person downloads from "Mes données".
+
 A service that answers UNIMPLEMENTED to a lifecycle RPC holds nothing for that step yet:
 the step records it under `not_implemented` and logs it, so the report says exactly which
 service was not covered.
@@ -17,11 +22,14 @@ matching either.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import zipfile
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -37,17 +45,20 @@ from secondopinion.notifications.v1 import notifications_pb2 as npb
 from secondopinion.notifications.v1 import notifications_pb2_grpc as npb_grpc
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 from services.identity.domain.retention import Category, add_months
 from services.shared.protoconv import to_timestamp
 from workflows.grpc_errors import as_activity_error
 from workflows.lifecycle.models import (
+    CASE_IN_PROGRESS,
+    OPEN_RIGHTS_REQUEST_STATUSES,
     AgePurgeInput,
     AnnouncePageInput,
     AnnouncePageResult,
     AnswerCallInput,
+    CasesInProgress,
     DueSweepInput,
     DueSweepResult,
     ExportInput,
@@ -59,6 +70,9 @@ from workflows.lifecycle.models import (
     RequestFacts,
     RetainedItem,
     RetentionInput,
+    RightsRequestInput,
+    RightsSweepInput,
+    RightsSweepResult,
     StepInput,
     StepReport,
     SubjectIdInput,
@@ -75,6 +89,23 @@ SERVICE_MODULES: dict[str, tuple[Any, Any]] = {
 }
 # Services that know a patient's cases by id only: the worker passes the subject's case ids.
 CASE_ID_SERVICES = frozenset({"matching"})
+# What the person is told about their rights request, by notice kind (template names;
+# see `notify_rights_request`). No health data: the email only links to the request.
+PERSON_TEMPLATES = {
+    "PERSON_EXTENDED": npb.NOTIFICATION_TEMPLATE_RIGHTS_REQUEST_EXTENDED,
+    # "Refused for now: a case is in progress; carried out once it is closed."
+    "PERSON_POSTPONED": npb.NOTIFICATION_TEMPLATE_RIGHTS_REQUEST_POSTPONED,
+}
+# Case statuses that do not stop an erasure (the dossier's own rule: a draft never started,
+# a closed or cancelled case is over).
+CASE_NOT_IN_PROGRESS = frozenset(
+    {dossier_pb2.CASE_STATUS_DRAFT, dossier_pb2.CASE_STATUS_CLOSED, dossier_pb2.CASE_STATUS_CANCELLED}
+)
+# The dossier's purpose code for rights-request answers, as its DocumentReferences name it.
+ANSWER_PURPOSE_CODE = "rights_request_answer"
+# Streaming a file to or from a service: far longer than a plain call, within LONG_CALL.
+TRANSFER_TIMEOUT_SECONDS = 540.0
+UPLOAD_CHUNK = 1024 * 1024
 # Which step each service implements (matching keeps no restrictable personal data).
 SERVICE_STEPS = {
     "dossier": {"ARCHIVE", "RESTRICT", "LIFT_RESTRICTION", "PURGE"},
@@ -142,13 +173,16 @@ class LifecycleActivities:
             self.get_subject_status,
             self.record_subject_activity,
             self.run_step,
+            self.count_cases_in_progress,
             self.get_rights_request,
             self.extend_rights_request,
             self.answer_rights_request,
             self.notify_rights_request,
             self.export_subject,
+            self.export_to_dossier,
             self.purge_by_age,
             self.start_due_workflows,
+            self.start_rights_request_workflows,
             self.get_legal_text,
             self.announce_page,
         ]
@@ -286,6 +320,16 @@ class LifecycleActivities:
                 )
                 report.not_implemented.append(name)
                 return
+            if (
+                name == "dossier"
+                and data.step == "PURGE"
+                and data.rights_request_id
+                and error.code() is grpc.StatusCode.FAILED_PRECONDITION
+            ):
+                # The dossier's one refusal of an erasure: a case is in progress.
+                raise ApplicationError(
+                    f"FAILED_PRECONDITION: {error.details()}", type=CASE_IN_PROGRESS, non_retryable=True
+                ) from error
             _raise(error)
         if counts:
             report.items[name] = counts
@@ -296,11 +340,14 @@ class LifecycleActivities:
         identity goes last (the others may still need the account until then)."""
         report = StepReport(subject_id=data.subject_id, step=data.step)
         if data.kind == "ACCOUNT":
-            if data.step in {"ARCHIVE", "PURGE"}:
-                await self._purge_recipients(data, report)
+            # The dossier first: it refuses an erasure while a case is in progress before
+            # anything anywhere is touched. Notifications then forgets the addresses, while
+            # identity (last) still has them.
             for name in self._services:
                 if data.step in SERVICE_STEPS[name]:
                     await self._service_step(name, data, report)
+            if data.step in {"ARCHIVE", "PURGE"}:
+                await self._purge_recipients(data, report)
         try:
             if data.step == "ARCHIVE":
                 archived = await self._identity.ArchiveSubject(
@@ -360,6 +407,29 @@ class LifecycleActivities:
         )
         return report
 
+    @activity.defn(name="lifecycle.count_cases_in_progress")
+    async def count_cases_in_progress(self, data: SubjectIdInput) -> CasesInProgress:
+        """Whether an erasure can run now: the subject's live cases and their status, in one
+        call to the dossier (ListSubjectCases, read as the platform, one access-log entry).
+        Archived or purged cases are not listed (not in progress); a restricted case's
+        status is not read (`unknown`: the dossier's own refusal of the erasure decides)."""
+        counted = CasesInProgress()
+        dossier = self._services.get("dossier")
+        if dossier is None:
+            return counted
+        try:
+            reply = await dossier.ListSubjectCases(
+                dossier_pb2.ListSubjectCasesRequest(subject_id=data.subject_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            _raise(error)
+        for case in reply.cases:
+            if case.processing_restricted:
+                counted.unknown += 1
+            elif case.status not in CASE_NOT_IN_PROGRESS:
+                counted.in_progress += 1
+        return counted
+
     # ------------------------------------------------------------ rights requests
 
     @staticmethod
@@ -381,6 +451,7 @@ class LifecycleActivities:
             due_at=due,
             extension_months=months,
             outcome=_enum_name(lpb.RightsRequestOutcome, message.outcome) if message.outcome else "",
+            answered_at=_when(message.answered_at),
         )
 
     @activity.defn(name="lifecycle.get_rights_request")
@@ -425,12 +496,14 @@ class LifecycleActivities:
     async def notify_rights_request(self, data: NotifyInput) -> str:
         link = f"{self._portal}/privacy/requests/{data.request_id}"
         variables = npb.TemplateVariables(link=link, date=to_timestamp(data.date))
-        if data.kind == "PERSON_EXTENDED":
+        if data.kind in PERSON_TEMPLATES:
+            template = PERSON_TEMPLATES[data.kind]
             email, _, locale, first_name = await self._contact(data.subject_id)
             if not email:
                 return ""
             variables.first_name = first_name
-            template = npb.NOTIFICATION_TEMPLATE_RIGHTS_REQUEST_EXTENDED
+            if data.kind == "PERSON_POSTPONED":
+                variables.ClearField("date")  # no date is promised: it waits for the case
         else:
             email, locale = self._dpo_email, "fr"
             link = f"{self._portal}/dpo/rights-requests/{data.request_id}"
@@ -453,8 +526,74 @@ class LifecycleActivities:
 
     @activity.defn(name="lifecycle.export_subject")
     async def export_subject(self, data: ExportInput) -> ExportResult:
-        """GDPR-01 / GDPR-05: every service's FHIR R4 part merged into one Bundle, validated
-        with fhir.resources, written with a readable summary; only its key and hash return."""
+        """GDPR-01 / GDPR-05, as runs answered before PATCH_EXPORT_DOCUMENT do it: the
+        archive is written to the worker's export folder and stays there."""
+        return await self._write_export(data)
+
+    @activity.defn(name="lifecycle.export_to_dossier")
+    async def export_to_dossier(self, data: ExportInput) -> ExportResult:
+        """GDPR-01 / GDPR-05: the export archive, written, then streamed to the dossier as a
+        rights-request answer of the person (theirs to download, sealed under their key,
+        malware-scanned); the local copy is deleted whatever happens. One activity: the
+        archive never has to be found on another worker's disk. A retry writes it again;
+        the same archive is the same document (the upload's key carries its hash)."""
+        result = await self._write_export(data)
+        path = self._export_dir / result.object_key
+        try:
+            document_id = await self._store_answer(data, result, path)
+        finally:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        log.info(
+            "export stored in the dossier",
+            extra={"fields": {"request_id": data.request_id, "document_id": document_id}},
+        )
+        return result.model_copy(update={"document_id": document_id})
+
+    async def _store_answer(self, data: ExportInput, result: ExportResult, path: Path) -> str:
+        """UploadDocument as the platform for the person; returns the document id."""
+        dossier = self._services.get("dossier")
+        if dossier is None:
+            raise ApplicationError(
+                "the dossier is not among the lifecycle services: the export cannot reach the person",
+                non_retryable=True,
+            )
+
+        async def messages() -> AsyncIterator[dossier_pb2.UploadDocumentRequest]:
+            yield dossier_pb2.UploadDocumentRequest(
+                idempotency_key=f"rights-answer:{data.request_id}:{result.sha256_hex}",
+                metadata=dossier_pb2.UploadDocumentMetadata(
+                    purpose=dossier_pb2.DOCUMENT_PURPOSE_RIGHTS_REQUEST_ANSWER,
+                    file_name=export_file_name(data.request_id),
+                    declared_size_bytes=result.size_bytes,
+                    subject_account_id=data.subject_id,
+                ),
+            )
+            with path.open("rb") as handle:
+                while chunk := await asyncio.to_thread(handle.read, UPLOAD_CHUNK):
+                    yield dossier_pb2.UploadDocumentRequest(chunk=chunk)
+
+        try:
+            reply = await dossier.UploadDocument(messages(), timeout=TRANSFER_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            _raise(error)
+        document = reply.document
+        if document.status == dossier_pb2.DOCUMENT_STATUS_REJECTED:
+            raise ApplicationError(
+                "the export archive was refused by the dossier's malware scan; the DPO must look into it",
+                non_retryable=True,
+            )
+        if document.sha256_hex != result.sha256_hex:
+            raise ApplicationError(
+                "the dossier holds other bytes than the export written", non_retryable=True
+            )
+        return str(document.document_id)
+
+    async def _write_export(self, data: ExportInput) -> ExportResult:
+        """Every service's FHIR R4 part merged into one Bundle, validated with
+        fhir.resources, written with a readable summary and the files it references; only
+        its key, size and hash return."""
         from workflows.lifecycle.fhir import merge_bundles, readable_summary, validate_bundle
 
         key = f"export:{data.request_id}"
@@ -496,30 +635,56 @@ class LifecycleActivities:
             parts.append(json.loads(part.fhir_bundle_json))
             files += [(name, file_id) for file_id in _exported_file_ids(name, part)]
         bundle = merge_bundles(parts, data.subject_id)
+        # Earlier answers are named in the bundle, not copied into the new archive.
+        answers = _answer_document_ids(bundle)
+        files = [(service, file_id) for service, file_id in files if file_id not in answers]
         try:
             validate_bundle(bundle)
         except ValueError as error:
             raise ApplicationError(
                 f"the export is not a valid FHIR R4 bundle: {error}", non_retryable=True
             ) from error
-        body = json.dumps(bundle, indent=2, ensure_ascii=False).encode()
         object_key = f"{data.request_id}/export.zip"
         path = self._export_dir / object_key
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Private to the worker: the person's whole file passes through here.
+        self._export_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.parent.mkdir(exist_ok=True, mode=0o700)
         partial = path.with_name(path.name + ".partial")
-        # Written to disk as it streams: documents can be large, nothing is held whole.
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("fhir-bundle.json", body)
-            missing = [await self._add_file(archive, service, file_id) for service, file_id in files]
-            summary = readable_summary(bundle, not_implemented)
-            left_out = [note for note in missing if note]
-            if left_out:
-                summary += "\nFiles not included (ask the DPO):\n" + "\n".join(left_out) + "\n"
-            archive.writestr("summary.txt", summary.encode())
+        # Written to disk as it streams: documents can be large, nothing is held whole. The
+        # files go first; then the bundle, whose DocumentReferences point to them.
+        try:
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+                left_out: list[str] = []
+                entries: dict[str, str] = {}
+                for service, file_id in files:
+                    entry, note = await self._add_file(archive, service, file_id)
+                    if entry:
+                        entries[_file_urn(service, file_id)] = entry
+                    if note:
+                        left_out.append(note)
+                _point_to_entries(bundle, entries)
+                try:
+                    validate_bundle(bundle)
+                except ValueError as error:
+                    raise ApplicationError(
+                        f"the export is not a valid FHIR R4 bundle: {error}", non_retryable=True
+                    ) from error
+                body = json.dumps(bundle, indent=2, ensure_ascii=False).encode()
+                archive.writestr("fhir-bundle.json", body)
+                summary = readable_summary(bundle, not_implemented)
+                if left_out:
+                    summary += "\nFiles not included (ask the DPO):\n" + "\n".join(left_out) + "\n"
+                archive.writestr("summary.txt", summary.encode())
+        except BaseException:
+            # Nothing half-written stays behind with the person's files in it.
+            partial.unlink(missing_ok=True)
+            raise
         digest = hashlib.sha256()
+        size = 0
         with partial.open("rb") as handle:
             while chunk := handle.read(1024 * 1024):
                 digest.update(chunk)
+                size += len(chunk)
         partial.replace(path)
         types = Counter(entry["resource"]["resourceType"] for entry in bundle["entry"])
         return ExportResult(
@@ -528,40 +693,49 @@ class LifecycleActivities:
             resource_count=len(bundle["entry"]),
             resource_types=dict(types),
             not_implemented=not_implemented,
+            size_bytes=size,
         )
 
-    async def _add_file(self, archive: zipfile.ZipFile, service: str, file_id: str) -> str:
-        """Stream one exported file into the archive; return a note when it cannot be."""
+    async def _add_file(self, archive: zipfile.ZipFile, service: str, file_id: str) -> tuple[str, str]:
+        """Stream one exported file into the archive: (its entry name, "") or ("", a note
+        saying why it is not there)."""
         stub = self._services.get(service)
         if stub is None:
-            return f"- {service} {file_id}: service not configured"
+            return "", f"- {service} {file_id}: service not configured"
         if service == "dossier":
             stream = stub.DownloadDocument(
-                SERVICE_MODULES[service][0].DownloadDocumentRequest(document_id=file_id)
+                SERVICE_MODULES[service][0].DownloadDocumentRequest(document_id=file_id),
+                timeout=TRANSFER_TIMEOUT_SECONDS,
             )
         else:
             stream = stub.DownloadInvoice(
-                SERVICE_MODULES[service][0].DownloadInvoiceRequest(invoice_id=file_id)
+                SERVICE_MODULES[service][0].DownloadInvoiceRequest(invoice_id=file_id),
+                timeout=TRANSFER_TIMEOUT_SECONDS,
             )
         entry = f"{'documents' if service == 'dossier' else 'invoices'}/{file_id}"
+        name = ""
+        target = None
         try:
-            target = None
             async for reply in stream:
                 if reply.WhichOneof("part") == "metadata":
                     meta = reply.metadata
                     number = getattr(meta, "invoice_number", "")
-                    name = _safe_file_name(
+                    name = f"{entry}-" + _safe_file_name(
                         getattr(meta, "file_name", "") or (f"{number}.pdf" if number else "file")
                     )
-                    target = archive.open(f"{entry}-{name}", "w")
+                    target = archive.open(name, "w")
                 elif target is not None:
                     target.write(reply.chunk)
-            if target is not None:
-                target.close()
         except grpc.aio.AioRpcError as error:
             # A quarantined or purged file is named, not silently dropped.
-            return f"- {entry}: {error.code().name.lower()}"
-        return ""
+            if target is not None:
+                target.close()
+                return "", f"- {name}: incomplete ({error.code().name.lower()})"
+            return "", f"- {entry}: {error.code().name.lower()}"
+        if target is None:
+            return "", f"- {entry}: empty answer"
+        target.close()
+        return name, ""
 
     # ------------------------------------------------------------ sweep
 
@@ -658,6 +832,65 @@ class LifecycleActivities:
             result.ensured += 1
         return result
 
+    async def list_open_rights_requests(self, page_size: int = 200) -> list[str]:
+        """The ids of every open rights request (received, in progress, extended, postponed),
+        all pages read before anything is started (identity pages by offset)."""
+        statuses = [_enum_value(lpb.RightsRequestStatus, s) for s in OPEN_RIGHTS_REQUEST_STATUSES]
+        found: list[str] = []
+        token = ""
+        while True:
+            reply = await self._identity.ListRightsRequests(
+                ipb.ListRightsRequestsRequest(statuses=statuses, page_size=page_size, page_token=token)
+            )
+            found.extend(r.request_id for r in reply.rights_requests)
+            if activity.in_activity():
+                activity.heartbeat(len(found))
+            token = reply.next_page_token
+            if not token:
+                return list(dict.fromkeys(found))
+
+    @activity.defn(name="lifecycle.start_rights_request_workflows")
+    async def start_rights_request_workflows(self, data: RightsSweepInput) -> RightsSweepResult:
+        """GDPR-07 / GDPR-08: every open rights request has its deadline workflow, whatever
+        channel recorded it (the portal starts its own; a letter, an email or a referent
+        doctor's relay recorded by the DPO in identity gets it here). Started once: a running
+        workflow (or the request's chain already in its retention stage) is never duplicated
+        (`FAIL` on conflict), a completed one never restarted (`ALLOW_DUPLICATE_FAILED_ONLY`);
+        one that failed, timed out or was terminated while the request is still open is
+        started again: the deadline must still be watched (its notices keep their
+        idempotency keys, so nobody is told twice). Answered requests are not listed: their
+        chain is the record's retention, which the due sweep covers."""
+        from workflows.lifecycle.workflows import RightsRequestWorkflow, rights_request_workflow_id
+
+        try:
+            open_ids = await self.list_open_rights_requests()
+        except grpc.aio.AioRpcError as error:
+            _raise(error)
+        result = RightsSweepResult(listed=len(open_ids))
+        if self._client is None:
+            return result
+        for request_id in open_ids:
+            try:
+                await self._client.start_workflow(
+                    RightsRequestWorkflow.run,
+                    RightsRequestInput(request_id=request_id),
+                    id=rights_request_workflow_id(request_id),
+                    task_queue=self._queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                )
+            except WorkflowAlreadyStartedError:
+                result.existing += 1
+            else:
+                result.started += 1
+                log.info(
+                    "rights-request workflow started by the sweep",
+                    extra={"fields": {"request_id": request_id}},
+                )
+            if activity.in_activity():
+                activity.heartbeat(result.started + result.existing)
+        return result
+
     # ------------------------------------------------------------ legal-text announcements
 
     @activity.defn(name="lifecycle.get_legal_text")
@@ -688,7 +921,7 @@ class LifecycleActivities:
             )
         except grpc.aio.AioRpcError as error:
             _raise(error)
-        link = f"{self._portal}/legal/texts/{data.text_id}"
+        link = f"{self._portal}/account/texts/{data.text_id}"
         sent = skipped = 0
         for recipient in reply.recipients:
             if not recipient.email:
@@ -735,6 +968,44 @@ def _exported_file_ids(service: str, part: Any) -> list[str]:
     if service == "billing":
         return list(getattr(part, "invoice_ids", []))
     return []
+
+
+def export_file_name(request_id: str) -> str:
+    """The archive's name where the person downloads it (no personal data in it)."""
+    return f"export-{request_id[:8].lower()}.zip"
+
+
+def _answer_document_ids(bundle: dict[str, Any]) -> set[str]:
+    """Dossier documents that are earlier rights-request answers (their DocumentReference's
+    type says so): each holds a whole earlier export, never copied into the next one."""
+    found: set[str] = set()
+    for item in bundle["entry"]:
+        resource = item["resource"]
+        if resource.get("resourceType") != "DocumentReference":
+            continue
+        codings = resource.get("type", {}).get("coding", [])
+        if any(c.get("code") == ANSWER_PURPOSE_CODE for c in codings):
+            found.add(str(resource.get("id", "")))
+    return found
+
+
+def _file_urn(service: str, file_id: str) -> str:
+    """How a service's DocumentReference names the file it exports."""
+    return f"urn:secondopinion:{'document' if service == 'dossier' else 'invoice'}:{file_id}"
+
+
+def _point_to_entries(bundle: dict[str, Any], entries: dict[str, str]) -> None:
+    """Each DocumentReference whose file is in the archive points to it (a URL relative to
+    the archive's root); one whose file is not keeps the service's URN."""
+    for item in bundle["entry"]:
+        resource = item["resource"]
+        if resource.get("resourceType") != "DocumentReference":
+            continue
+        for content in resource.get("content", []):
+            attachment = content.get("attachment", {})
+            entry = entries.get(attachment.get("url", ""))
+            if entry:
+                attachment["url"] = entry
 
 
 def _safe_file_name(name: str) -> str:

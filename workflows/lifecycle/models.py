@@ -7,6 +7,14 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+# ApplicationError type of the dossier's refusal to erase a file while a case is in progress.
+CASE_IN_PROGRESS = "CaseInProgress"
+# ApplicationError type of a rights-request update refused because the workflow has not read
+# the request from identity yet (it just started): nothing was done, the caller retries.
+REQUEST_NOT_LOADED = "RequestNotLoaded"
+# Rights-request statuses whose deadline (or postponed erasure) still needs its workflow.
+OPEN_RIGHTS_REQUEST_STATUSES = ("RECEIVED", "IN_PROGRESS", "EXTENDED", "POSTPONED")
+
 
 class RetentionPolicy(BaseModel):
     # While a legal hold is in force, the workflow re-reads the subject this often (a
@@ -100,6 +108,12 @@ class RightsRequestInput(BaseModel):
     reminder_days: list[int] = [7, 1]
     # After the deadline passes unanswered, a reminder every this many days.
     overdue_reminder_days: int = Field(default=7, ge=1)
+    # An erasure refused while a case is in progress: how often the workflow checks
+    # whether the case ended (a `changed` signal checks at once).
+    postponed_recheck_days: int = Field(default=1, ge=1)
+    # Erasure attempts of the runs before this one (continue-as-new): each attempt's steps
+    # have their own idempotency keys.
+    erasure_attempts: int = Field(default=0, ge=0)
 
 
 class RequestFacts(BaseModel):
@@ -111,6 +125,7 @@ class RequestFacts(BaseModel):
     due_at: datetime
     extension_months: int = 0
     outcome: str = ""
+    answered_at: datetime | None = None
 
 
 class ExtendInput(BaseModel):
@@ -139,7 +154,7 @@ class AnswerCallInput(BaseModel):
 
 class NotifyInput(BaseModel):
     request_id: str
-    # PERSON_EXTENDED / DPO_REMINDER
+    # PERSON_EXTENDED / PERSON_POSTPONED / PERSON_ANSWERED / DPO_REMINDER
     kind: str
     subject_id: str
     date: datetime
@@ -152,13 +167,29 @@ class ExportInput(BaseModel):
 
 
 class ExportResult(BaseModel):
-    """Where the export archive was written; the content never enters the history."""
+    """Where the export archive went; the content never enters the history.
+
+    `object_key`: where the worker wrote it under its export folder (`lifecycle.export_to_dossier`
+    deletes it once the dossier holds it). `document_id`: the dossier document the person
+    downloads (an account-level rights-request answer of theirs); empty for runs answered
+    before PATCH_EXPORT_DOCUMENT, whose archive stayed on the worker's disk."""
 
     object_key: str
     sha256_hex: str
     resource_count: int
     resource_types: dict[str, int] = {}
     not_implemented: list[str] = []
+    size_bytes: int = 0
+    document_id: str = ""
+
+
+class CasesInProgress(BaseModel):
+    """How many of a subject's cases are in progress (neither a draft nor closed or
+    cancelled), as the dossier reports them; `unknown`: cases whose status could not be
+    read (processing restricted): the dossier's own refusal of the erasure decides then."""
+
+    in_progress: int = 0
+    unknown: int = 0
 
 
 class FulfilResult(BaseModel):
@@ -178,6 +209,10 @@ class RightsRequestView(BaseModel):
     outcome: str = ""
     fulfilment: FulfilResult | None = None
     now: datetime | None = None
+    # When the person was answered (for a postponed erasure: when it was postponed).
+    answered_at: datetime | None = None
+    # A postponed erasure: how many times this run checked whether the case ended.
+    postponed_checks: int = 0
 
 
 class SweepInput(BaseModel):
@@ -209,10 +244,28 @@ class DueSweepResult(BaseModel):
     ensured: int = 0
 
 
+class RightsSweepInput(BaseModel):
+    as_of: datetime
+
+
+class RightsSweepResult(BaseModel):
+    """GDPR-07 / GDPR-08: every open rights request has its deadline workflow."""
+
+    # Open requests identity listed.
+    listed: int = 0
+    # Workflows this sweep started (requests recorded outside the portal, or whose workflow
+    # failed or was terminated while the request is still open).
+    started: int = 0
+    # Requests whose workflow was found running (or had completed): left alone.
+    existing: int = 0
+
+
 class SweepResult(BaseModel):
     as_of: datetime
     age_purges: StepReport
     due: list[DueSweepResult] = []
+    # None for runs before PATCH_SWEEP_RIGHTS_REQUESTS.
+    rights_requests: RightsSweepResult | None = None
 
 
 class AnnouncementInput(BaseModel):

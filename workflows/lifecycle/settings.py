@@ -3,12 +3,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.shared.settings import DEFAULT_VAR_DIR
+from services.shared.settings import DEFAULT_VAR_DIR, ResidencyCheckedSettings
 
 
-class LifecycleSettings(BaseSettings):
+class LifecycleSettings(ResidencyCheckedSettings):
     """The lifecycle worker: its task queue, the services it calls, the DPO's mailbox."""
 
     model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", extra="ignore")
@@ -32,7 +32,9 @@ class LifecycleSettings(BaseSettings):
     # Where rights-request reminders go (DPO_RIGHTS_REQUEST_REMINDER).
     dpo_email: str = "dpo@secondopinion.invalid"
     portal_base_url: str = "http://127.0.0.1:8000"
-    # Export archives (FHIR bundle + readable summary) for access/portability answers.
+    # Scratch space for the export archives answering access/portability requests (FHIR
+    # bundle, readable summary, the files): each is written here, streamed to the dossier
+    # as the person's document, then deleted (a 0700 folder on the worker's own disk).
     export_dir: Path = DEFAULT_VAR_DIR / "exports"
     # The daily sweep (Temporal Schedule): cron in UTC.
     sweep_cron: str = "0 3 * * *"

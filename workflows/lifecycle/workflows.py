@@ -7,12 +7,20 @@
   in the ARCHIVED stage with the archive time on its own clock, sleeps ten years, purges.
   A legal hold stops it: nothing is archived or purged while a hold is in force.
 - `RightsRequestWorkflow` (id `rights-request-{request_id}`): the one-month deadline,
-  extensions (the person told), reminders to the DPO, fulfilment and the answer; then it
-  continues as new as the request's own retention workflow (5 years, then 10 archived).
+  extensions (the person told), reminders to the DPO, fulfilment and the answer (for access
+  and portability: the export archive, stored in the dossier as the person's document,
+  named by the answer); then it continues as new as the request's own retention workflow
+  (5 years, then 10 archived).
+  An erasure asked while a case of the person is in progress is answered at once,
+  "refused for now" (REFUSED_CASE_IN_PROGRESS, status POSTPONED: the answer within the
+  deadline, so the DPO's deadline reminders stop and the deadline is no longer
+  extendable); the person is told; the workflow checks daily (or when signalled
+  `changed`) and, once no case is in progress, erases and records the final answer.
 - `RetentionSweepWorkflow`: run daily by a Temporal Schedule; purges what goes by age
   (logs, IP addresses, payment data, satisfaction answers) and makes sure every subject
   whose clock ran out has its retention workflow (the safety net for subjects whose
-  workflow was never started).
+  workflow was never started), and every open rights request its deadline workflow
+  (requests the DPO recorded from a letter or an email, or a referent doctor relayed).
 - `LegalTextAnnouncementWorkflow` (id `announce-{text_id}`): GDPR-09, a new terms or
   privacy-policy version is emailed (TERMS_UPDATED, with the date it comes into force) to
   every account not closed, in the text's language, exactly once per version: page by
@@ -28,11 +36,13 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from services.identity.domain.retention import PERIODS, Action, Category, add_months
     from workflows.lifecycle.models import (
+        CASE_IN_PROGRESS,
+        REQUEST_NOT_LOADED,
         ActivityInput,
         AgePurgeInput,
         AnnouncementInput,
@@ -41,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         AnnouncePageResult,
         AnswerCallInput,
         AnswerInput,
+        CasesInProgress,
         DueSweepInput,
         DueSweepResult,
         ExportInput,
@@ -57,6 +68,8 @@ with workflow.unsafe.imports_passed_through():
         RetentionView,
         RightsRequestInput,
         RightsRequestView,
+        RightsSweepInput,
+        RightsSweepResult,
         StepInput,
         StepReport,
         SubjectIdInput,
@@ -65,6 +78,22 @@ with workflow.unsafe.imports_passed_through():
         SweepResult,
         TextIdInput,
     )
+
+# Shipped after RightsRequestWorkflow's first release: an erasure refused while a case is in
+# progress is answered "refused for now", then carried out once the case ends.
+PATCH_POSTPONED_ERASURE = "rights-request-erasure-postponed-while-case-in-progress"
+# Shipped later: the access/portability export goes to the dossier as a document of the
+# person (`lifecycle.export_to_dossier`) and the answer names it; runs that fulfilled before
+# wrote it to the worker's disk only (`lifecycle.export_subject`) and answered without it.
+PATCH_EXPORT_DOCUMENT = "rights-request-export-stored-in-dossier"
+# Shipped later: a `changed` signal makes the deadline loop re-read the request from identity
+# (an extension or an answer recorded directly there is seen at once, the person told once);
+# before, the loop woke but kept the facts it had until the next reminder. A signal received
+# while the loop was busy is no longer lost either.
+PATCH_CHANGED_REREADS = "rights-request-changed-signal-rereads"
+# Shipped later: the daily sweep also starts the workflow of every open rights request that
+# has none (recorded by the DPO from a letter or an email, relayed by a referent doctor).
+PATCH_SWEEP_RIGHTS_REQUESTS = "retention-sweep-starts-rights-request-workflows"
 
 CALL = timedelta(seconds=30)
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5))
@@ -228,23 +257,37 @@ class RightsRequestWorkflow:
     def __init__(self) -> None:
         self._facts: RequestFacts | None = None
         self._changed = False
+        # A `changed` signal not yet followed by a re-read (PATCH_CHANGED_REREADS).
+        self._reread = False
         self._reminders: list[str] = []
         self._notices = 0
         self._notified_months = 0
         self._fulfilment: FulfilResult | None = None
+        self._checks = 0
+        self._attempts = 0
+        self._erasure_failed = False
 
     @workflow.run
     async def run(self, data: RightsRequestInput) -> RightsRequestView:
+        self._attempts = data.erasure_attempts
         self._facts = await self._read(data.request_id)
         while self._facts.status != "ANSWERED":
+            if self._facts.status == "POSTPONED" and workflow.patched(PATCH_POSTPONED_ERASURE):
+                await self._check_postponed(data)
+                continue
             await self._send_due_notices(data)
             wake = self._next_wake(data)
-            self._changed = False
-            with contextlib.suppress(asyncio.TimeoutError):
-                await workflow.wait_condition(
-                    lambda: self._changed, timeout=max(wake - workflow.now(), timedelta(seconds=1))
-                )
+            rereads = workflow.patched(PATCH_CHANGED_REREADS)
+            # A signal that came while the loop was busy wakes it at once (patched runs).
+            self._changed = rereads and self._reread
             if not self._changed:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await workflow.wait_condition(
+                        lambda: self._changed, timeout=max(wake - workflow.now(), timedelta(seconds=1))
+                    )
+            # Woken by an update (which holds the fresh facts): no read. By the timer, or by
+            # a `changed` signal (the request changed in identity): read it again.
+            if not self._changed or (rereads and self._reread):
                 self._facts = await self._read(data.request_id)
         await workflow.wait_condition(workflow.all_handlers_finished)
         # RET-06: the request record now follows its own retention (5 years, 10 archived).
@@ -254,6 +297,7 @@ class RightsRequestWorkflow:
         )
 
     async def _read(self, request_id: str) -> RequestFacts:
+        self._reread = False  # a signal from now on may come after this read: read again then
         facts: RequestFacts = await workflow.execute_activity(
             "lifecycle.get_rights_request",
             request_id,
@@ -334,6 +378,73 @@ class RightsRequestWorkflow:
             retry_policy=RETRY,
         )
 
+    async def _check_postponed(self, data: RightsRequestInput) -> None:
+        """A postponed erasure: wait a day (or a `changed` signal), then erase unless a case
+        is still in progress. No deadline reminders: the person was answered in time."""
+        self._changed = False
+        with contextlib.suppress(asyncio.TimeoutError):
+            await workflow.wait_condition(
+                lambda: self._changed, timeout=timedelta(days=data.postponed_recheck_days)
+            )
+        self._facts = await self._read(data.request_id)
+        if self._facts.status != "POSTPONED":
+            return  # the DPO answered it meanwhile
+        self._checks += 1
+        try:
+            result = await self._erase_unless_case_in_progress(self._facts)
+        except ActivityError:
+            # Refused for another reason (a service said no): the request must not be left
+            # without its workflow. The DPO is told once; the next check tries again, and
+            # the DPO may answer it (`answer`) meanwhile.
+            if not self._erasure_failed:
+                self._erasure_failed = True
+                await self._notify(self._facts, "DPO_REMINDER", self._facts.due_at, "erasure-failed")
+            return
+        if result is not None:
+            self._fulfilment = result
+            await self._answer(result.outcome, "")
+        elif workflow.info().is_continue_as_new_suggested():
+            # A case can outlast many checks; the next run starts from the POSTPONED record.
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            workflow.continue_as_new(data.model_copy(update={"erasure_attempts": self._attempts}))
+
+    async def _erase_unless_case_in_progress(self, facts: RequestFacts) -> FulfilResult | None:
+        """GDPR-03 within the law: the erasure, or None while a case is in progress (the
+        dossier needs the file to give the opinion). Asked first (the subject's cases and
+        their status), then the dossier's own refusal decides: it refuses before anything
+        is touched; a restriction this attempt placed is lifted again so the case goes on."""
+        busy: CasesInProgress = await workflow.execute_activity(
+            "lifecycle.count_cases_in_progress",
+            SubjectIdInput(subject_id=facts.subject_id),
+            result_type=CasesInProgress,
+            start_to_close_timeout=CALL,
+            retry_policy=RETRY,
+        )
+        if busy.in_progress:
+            return None
+        before: SubjectStatus = await workflow.execute_activity(
+            "lifecycle.get_subject_status",
+            SubjectIdInput(subject_id=facts.subject_id),
+            result_type=SubjectStatus,
+            start_to_close_timeout=CALL,
+            retry_policy=RETRY,
+        )
+        # Each attempt has its own keys: a restriction lifted after a refusal is placed again.
+        suffix = f":{self._attempts}" if self._attempts else ""
+        self._attempts += 1
+        await self._run(facts, "RESTRICT", "ERASURE_REQUEST", suffix)
+        try:
+            report = await self._run(facts, "PURGE", "ERASURE_REQUEST", suffix)
+        except ActivityError as error:
+            cause = error.cause
+            if not (isinstance(cause, ApplicationError) and cause.type == CASE_IN_PROGRESS):
+                raise
+            if not before.restricted:
+                await self._run(facts, "LIFT_RESTRICTION", "ERASURE_REQUEST", suffix)
+            return None
+        outcome = "PARTIALLY_GRANTED_RESTRICTED" if report.retained else "GRANTED"
+        return FulfilResult(kind=facts.kind, outcome=outcome, report=report)
+
     @workflow.update
     async def extend(self, data: ExtendInput) -> datetime:
         assert self._facts is not None
@@ -353,11 +464,22 @@ class RightsRequestWorkflow:
         self._changed = True
         return self._facts.due_at
 
+    def _require_loaded(self) -> RequestFacts:
+        """Updates are refused, nothing done, until the run has read the request: the caller
+        retries in a moment (the error's type says so: REQUEST_NOT_LOADED)."""
+        if self._facts is None:
+            raise ApplicationError(
+                "the request is still being loaded by its workflow; retry in a moment",
+                type=REQUEST_NOT_LOADED,
+            )
+        return self._facts
+
     @extend.validator
     def _validate_extend(self, data: ExtendInput) -> None:
-        if self._facts is None or self._facts.status == "ANSWERED":
+        facts = self._require_loaded()
+        if facts.status in {"ANSWERED", "POSTPONED"}:
             raise ValueError("the request is already answered")
-        if data.months not in (1, 2) or self._facts.extension_months + data.months > 2:
+        if data.months not in (1, 2) or facts.extension_months + data.months > 2:
             raise ValueError("the deadline can be extended by two months at most in total")
         if data.reason not in {"COMPLEXITY", "NUMBER_OF_REQUESTS"}:
             raise ValueError("reason must be COMPLEXITY or NUMBER_OF_REQUESTS")
@@ -369,7 +491,7 @@ class RightsRequestWorkflow:
 
     @answer.validator
     def _validate_answer(self, data: AnswerInput) -> None:
-        if self._facts is None or self._facts.status == "ANSWERED":
+        if self._require_loaded().status == "ANSWERED":
             raise ValueError("the request is already answered")
         if data.outcome not in {
             "GRANTED",
@@ -379,7 +501,7 @@ class RightsRequestWorkflow:
         }:
             raise ValueError("unknown outcome")
 
-    async def _answer(self, outcome: str, document_id: str) -> None:
+    async def _answer(self, outcome: str, document_id: str, step: str = "") -> None:
         assert self._facts is not None
         self._facts = await workflow.execute_activity(
             "lifecycle.answer_rights_request",
@@ -387,7 +509,7 @@ class RightsRequestWorkflow:
                 request_id=self._facts.request_id,
                 outcome=outcome,
                 answer_document_id=document_id,
-                idempotency_key=f"answer:{self._facts.request_id}",
+                idempotency_key=f"answer:{self._facts.request_id}" + (f":{step}" if step else ""),
             ),
             result_type=RequestFacts,
             start_to_close_timeout=CALL,
@@ -399,18 +521,32 @@ class RightsRequestWorkflow:
     async def fulfil(self) -> FulfilResult:
         """Carries out an access, portability, erasure or restriction request and records
         the answer. Erasure keeps, restricted, what the law requires (invoices, evidence of
-        consent) and the answer says so (PARTIALLY_GRANTED_RESTRICTED)."""
+        consent) and the answer says so (PARTIALLY_GRANTED_RESTRICTED). An erasure while a
+        case is in progress is answered REFUSED_CASE_IN_PROGRESS (the person told) and
+        carried out by the workflow once the case has ended."""
         facts = self._facts
         assert facts is not None
         if facts.kind in {"ACCESS", "PORTABILITY"}:
+            # The person downloads the archive from "Mes données" (the answer names it).
+            stored = workflow.patched(PATCH_EXPORT_DOCUMENT)
             export = await workflow.execute_activity(
-                "lifecycle.export_subject",
+                "lifecycle.export_to_dossier" if stored else "lifecycle.export_subject",
                 ExportInput(request_id=facts.request_id, subject_id=facts.subject_id),
                 result_type=ExportResult,
                 start_to_close_timeout=LONG_CALL,
                 retry_policy=RETRY,
             )
             result = FulfilResult(kind=facts.kind, outcome="GRANTED", export=export)
+        elif facts.kind == "ERASURE" and workflow.patched(PATCH_POSTPONED_ERASURE):
+            erased = await self._erase_unless_case_in_progress(facts)
+            if erased is None:
+                postponed = FulfilResult(kind=facts.kind, outcome="REFUSED_CASE_IN_PROGRESS")
+                self._fulfilment = postponed
+                await self._answer(postponed.outcome, "", "postponed")
+                assert self._facts is not None
+                await self._notify(self._facts, "PERSON_POSTPONED", self._facts.due_at, "postponed")
+                return postponed
+            result = erased
         elif facts.kind == "ERASURE":
             # The legally kept part is restricted first, then everything else purged.
             await self._run(facts, "RESTRICT", "ERASURE_REQUEST")
@@ -421,17 +557,20 @@ class RightsRequestWorkflow:
             report = await self._run(facts, "RESTRICT", "ERASURE_REQUEST")
             result = FulfilResult(kind=facts.kind, outcome="GRANTED", report=report)
         self._fulfilment = result
-        await self._answer(result.outcome, "")
+        await self._answer(result.outcome, result.export.document_id if result.export else "")
         return result
 
     @fulfil.validator
     def _validate_fulfil(self) -> None:
-        if self._facts is None or self._facts.status == "ANSWERED":
+        facts = self._require_loaded()
+        if facts.status == "ANSWERED":
             raise ValueError("the request is already answered")
-        if self._facts.kind not in {"ACCESS", "PORTABILITY", "ERASURE", "RESTRICTION"}:
+        if facts.status == "POSTPONED":
+            raise ValueError("the erasure waits for the case in progress to end; it is carried out then")
+        if facts.kind not in {"ACCESS", "PORTABILITY", "ERASURE", "RESTRICTION"}:
             raise ValueError("this kind of request is handled by the DPO, then answered with `answer`")
 
-    async def _run(self, facts: RequestFacts, step: str, reason: str) -> StepReport:
+    async def _run(self, facts: RequestFacts, step: str, reason: str, suffix: str = "") -> StepReport:
         report: StepReport = await workflow.execute_activity(
             "lifecycle.run_step",
             StepInput(
@@ -440,7 +579,7 @@ class RightsRequestWorkflow:
                 step=step,
                 reason=reason,
                 rights_request_id=facts.request_id,
-                idempotency_key=f"rights-request:{facts.request_id}:{step}",
+                idempotency_key=f"rights-request:{facts.request_id}:{step}{suffix}",
             ),
             result_type=StepReport,
             start_to_close_timeout=LONG_CALL,
@@ -450,22 +589,27 @@ class RightsRequestWorkflow:
 
     @workflow.signal
     def changed(self) -> None:
-        """The request changed outside the workflow (extended or answered directly)."""
+        """The request changed outside the workflow (extended or answered directly), or a
+        postponed erasure should be checked now (the case ended): the request is read again
+        from identity at once (runs from PATCH_CHANGED_REREADS on)."""
         self._changed = True
+        self._reread = True
 
     @workflow.query
     def state(self) -> RightsRequestView:
-        assert self._facts is not None
+        facts = self._require_loaded()
         return RightsRequestView(
-            request_id=self._facts.request_id,
-            status=self._facts.status,
-            due_at=self._facts.due_at,
-            extension_months=self._facts.extension_months,
+            request_id=facts.request_id,
+            status=facts.status,
+            due_at=facts.due_at,
+            extension_months=facts.extension_months,
             reminders_sent=list(self._reminders),
             extension_notices=self._notices,
-            outcome=self._facts.outcome,
+            outcome=facts.outcome,
             fulfilment=self._fulfilment,
             now=workflow.now(),
+            answered_at=facts.answered_at,
+            postponed_checks=self._checks,
         )
 
 
@@ -493,7 +637,17 @@ class RetentionSweepWorkflow:
                     retry_policy=RETRY,
                 )
             )
-        return SweepResult(as_of=as_of, age_purges=age, due=due)
+        rights: RightsSweepResult | None = None
+        if workflow.patched(PATCH_SWEEP_RIGHTS_REQUESTS):
+            rights = await workflow.execute_activity(
+                "lifecycle.start_rights_request_workflows",
+                RightsSweepInput(as_of=as_of),
+                result_type=RightsSweepResult,
+                start_to_close_timeout=timedelta(hours=2),
+                heartbeat_timeout=timedelta(minutes=2),
+                retry_policy=RETRY,
+            )
+        return SweepResult(as_of=as_of, age_purges=age, due=due, rights_requests=rights)
 
 
 @workflow.defn

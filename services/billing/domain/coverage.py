@@ -28,6 +28,7 @@ from services.billing.domain.common import (
     offset_from_token,
     page_size,
 )
+from services.billing.domain.restriction import ensure_processing_allowed
 from services.billing.models import CoverageCode, Order, Partner, PartnerAgreement
 from services.shared.db import utcnow
 from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -299,6 +300,7 @@ async def list_codes(
 
 async def validate_code_on_order(session: AsyncSession, order: Order, typed: str) -> Order:
     """Cover an order with a code: all three counters move in this transaction or none."""
+    await ensure_processing_allowed(session, order.payer_account_id)  # GDPR-04
     if order.status != OrderStatus.AWAITING_PAYMENT:
         raise FailedPrecondition("the order is not awaiting payment")
     if not typed.strip() or len(typed) > 64:

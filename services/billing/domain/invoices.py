@@ -3,24 +3,35 @@
 Numbers are sequential without gaps per series (an issuer and a year): the counter row
 is locked (SELECT ... FOR UPDATE on PostgreSQL; SQLite serialises writers) and moves in
 the same transaction as the invoice row, so a rolled-back issue leaves no hole and two
-concurrent issues never share a number. The document is rendered and archived write-once
-with its SHA-256 before that transaction commits; an invoice row is never updated.
+concurrent issues never share a number. That transaction is short: it writes the invoice
+row with a snapshot of everything its document shows (`Invoice.document`), never changed
+afterwards. The document is rendered after commit (`archive_invoice`: by the background
+renderer, or on demand when someone downloads it first) and archived write-once with its
+SHA-256; only then are the row's archive fields filled, once. A process dying between
+commit and rendering loses nothing: the renderer's next pass (at start, then every
+interval) renders every invoice still without its archived copy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import multiprocessing
 import uuid
+import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.billing.documents import (
     DocumentLine,
@@ -37,14 +48,19 @@ from services.billing.domain.prices import PriceLine
 from services.billing.models import BillingMandate, Invoice, InvoiceCounter, LedgerEntry, Order, Partner
 from services.shared.db import utcnow
 from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
-from services.shared.objectstore import ObjectNotFoundError, ObjectStore
+from services.shared.objectstore import ObjectLockedError, ObjectNotFoundError, ObjectStore, ObjectStoreError
 
+log = logging.getLogger(__name__)
 PLATFORM_PREFIX = "P"
 CHUNK = 64 * 1024
 
 
 class DataLoss(ServiceError):
     status = grpc.StatusCode.DATA_LOSS
+
+
+class Unavailable(ServiceError):
+    status = grpc.StatusCode.UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -104,9 +120,27 @@ def doc_lines(lines: list[PriceLine]) -> list[DocumentLine]:
     ]
 
 
-async def _archive(archive: Archive, key: str, content: bytes, issued_at: datetime) -> str:
-    await archive.store.put(key, _one_chunk(content), retain_until=issued_at + archive.retention)
-    return hashlib.sha256(content).hexdigest()
+def document_json(document: InvoiceDocument) -> dict[str, Any]:
+    data = asdict(document)
+    data["issued_at"] = document.issued_at.isoformat()
+    return data
+
+
+def document_from_json(data: dict[str, Any]) -> InvoiceDocument:
+    return InvoiceDocument(
+        number=str(data["number"]),
+        credit_note=bool(data["credit_note"]),
+        issued_at=datetime.fromisoformat(str(data["issued_at"])),
+        seller=Party(**data["seller"]),
+        on_behalf_mention=str(data["on_behalf_mention"]),
+        buyer=Party(**data["buyer"]),
+        order_reference=str(data["order_reference"]),
+        lines=[DocumentLine(**line) for line in data["lines"]],
+        total_amount_cents=int(data["total_amount_cents"]),
+        currency=str(data["currency"]),
+        corrects_number=str(data.get("corrects_number", "")),
+        paid=bool(data.get("paid", True)),
+    )
 
 
 @dataclass(frozen=True)
@@ -161,10 +195,7 @@ async def _emit(
         paid=order.funding_source == FundingSource.CARD.value,
     )
     factur_x = bool(partner_id)
-    render = render_facturx if factur_x else render_invoice_pdf
-    content = await asyncio.to_thread(render, document)
     key = f"invoices/{draft.series}/{number}-{invoice_id}.pdf"
-    sha = await _archive(archive, key, content, issued_at)
     invoice = Invoice(
         invoice_id=invoice_id,
         invoice_number=number,
@@ -184,10 +215,12 @@ async def _emit(
         currency=order.currency,
         format="factur_x" if factur_x else "pdf",
         archive_key=key,
-        sha256_hex=sha,
-        archive_locked=archive.locks,
+        sha256_hex="",
+        archive_locked=False,
         issued_at=issued_at,
         corrects_invoice_id=corrects.invoice_id if corrects else "",
+        document=document_json(document),
+        archived_at=None,
     )
     session.add(invoice)
     return invoice
@@ -363,8 +396,107 @@ async def issue_credit_note(
     return note
 
 
+_RENDER_POOL: list[ProcessPoolExecutor] = []
+
+
+def _render(document: InvoiceDocument, factur_x: bool) -> bytes:
+    return (render_facturx if factur_x else render_invoice_pdf)(document)
+
+
+async def render_document(document: InvoiceDocument, factur_x: bool) -> bytes:
+    """Renders in a worker process: rendering is CPU-bound pure Python, and in the
+    service's own process it would hold the interpreter lock against the requests."""
+    if not _RENDER_POOL:
+        _RENDER_POOL.append(
+            ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        )
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_RENDER_POOL[0], _render, document, factur_x)
+    except BrokenProcessPool:
+        _RENDER_POOL.clear()  # the worker died: a new one next time
+        return await asyncio.to_thread(_render, document, factur_x)
+
+
+# One renderer at a time per invoice in this process (SQLite has no row locks; on
+# PostgreSQL the invoice row's lock also keeps other processes out).
+_RENDERING: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def _render_lock(invoice_id: str) -> asyncio.Lock:
+    lock = _RENDERING.get(invoice_id)
+    if lock is None:
+        lock = asyncio.Lock()
+        _RENDERING[invoice_id] = lock
+    return lock
+
+
+async def stored_or_put(archive: Archive, key: str, issued_at: datetime, content: bytes) -> bytes:
+    """Stores the document write-once; when a copy is already there (a renderer died after
+    storing it, before recording it), that copy is the archived one and is kept."""
+    retain_until = issued_at + archive.retention
+    if not await archive.store.exists(key):
+        try:
+            await archive.store.put(key, _one_chunk(content), retain_until=retain_until)
+            return content
+        except ObjectLockedError:
+            pass  # stored meanwhile: adopt it
+    return b"".join([chunk async for chunk in archive.store.get(key)])
+
+
+async def archive_invoice(
+    session: AsyncSession, archive: Archive, invoice_id: str, *, wait: bool = True
+) -> Invoice | None:
+    """Renders and archives one invoice's document if it is not yet, inside the caller's
+    transaction (which should commit right after). The invoice row is locked meanwhile
+    (PostgreSQL): `wait=False` skips an invoice another process is rendering (None), and
+    `wait=True` waits for it. Returns the invoice with its archive fields filled."""
+    async with _render_lock(invoice_id):
+        query = (
+            select(Invoice).where(Invoice.invoice_id == invoice_id).execution_options(populate_existing=True)
+        )
+        query = query.with_for_update(skip_locked=not wait)
+        invoice = await session.scalar(query)
+        if invoice is None or invoice.archived_at is not None:
+            return invoice
+        if invoice.document is None:
+            raise DataLoss("the invoice has neither an archived copy nor its document data")
+        content = await render_document(document_from_json(invoice.document), invoice.format == "factur_x")
+        try:
+            stored = await stored_or_put(archive, invoice.archive_key, invoice.issued_at, content)
+        except ObjectStoreError as exc:
+            log.warning(
+                "invoice not archived yet",
+                extra={"fields": {"invoice_id": invoice.invoice_id, "error": type(exc).__name__}},
+            )
+            raise Unavailable("the invoice is being prepared: retry in a moment") from None
+        now = utcnow()
+        await session.execute(
+            update(Invoice)
+            .where(Invoice.invoice_id == invoice.invoice_id, Invoice.archived_at.is_(None))
+            .values(
+                sha256_hex=hashlib.sha256(stored).hexdigest(), archive_locked=archive.locks, archived_at=now
+            )
+        )
+        await session.flush()
+        await session.refresh(invoice)
+        log.info("invoice archived", extra={"fields": {"invoice_id": invoice.invoice_id}})
+        return invoice
+
+
+async def unarchived_invoice_ids(session: AsyncSession, limit: int = 50) -> list[str]:
+    rows = await session.scalars(
+        select(Invoice.invoice_id)
+        .where(Invoice.archived_at.is_(None))
+        .order_by(Invoice.issued_at, Invoice.invoice_number)
+        .limit(limit)
+    )
+    return list(rows)
+
+
 async def read_archived(archive: Archive, invoice: Invoice) -> bytes:
-    """The archived document, checked against the hash recorded at issue."""
+    """The archived document, checked against the hash recorded when it was archived."""
+    if invoice.archived_at is None:
+        raise Unavailable("the invoice is being prepared: retry in a moment")
     try:
         content = b"".join([chunk async for chunk in archive.store.get(invoice.archive_key)])
     except ObjectNotFoundError:
@@ -372,6 +504,20 @@ async def read_archived(archive: Archive, invoice: Invoice) -> bytes:
     if hashlib.sha256(content).hexdigest() != invoice.sha256_hex:
         raise DataLoss("the archived copy failed its integrity check")
     return content
+
+
+async def archived_copy(
+    sessions: async_sessionmaker[AsyncSession], archive: Archive, invoice: Invoice
+) -> tuple[Invoice, bytes]:
+    """The invoice's archived document; one not rendered yet is rendered now (waiting for
+    a renderer already at it), so a download never misses an issued invoice."""
+    if invoice.archived_at is None:
+        async with sessions.begin() as session:
+            rendered = await archive_invoice(session, archive, invoice.invoice_id, wait=True)
+        if rendered is None:
+            raise NotFound("no such invoice")
+        invoice = rendered
+    return invoice, await read_archived(archive, invoice)
 
 
 def chunks(content: bytes) -> list[bytes]:

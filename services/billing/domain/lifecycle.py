@@ -10,7 +10,16 @@ is stored here (BIL-06, invoices name the account id).
   archived records alike, validated with fhir.resources R4B.
 - Archive (RET-02, RET-07): the rows move to `archived_records` (JSON) and leave the live
   tables, so every day-to-day path (GetOrder, ListInvoices, DownloadInvoice...) answers
-  NOT_FOUND or nothing. The invoice PDFs stay in the WORM archive store.
+  NOT_FOUND or nothing. The invoice PDFs stay in the WORM archive store: an invoice is
+  archived only with its PDF rendered and stored (the renderer never sees archived rows).
+  Invoices still unrendered are rendered first, each in its own short transaction
+  (`render_pending_invoices`), and any issued meanwhile inside the archive's own
+  transaction; if one cannot be rendered (store down, renderer failure) the archive is
+  refused whole with UNAVAILABLE (retry: nothing was archived) and never written half.
+  A crash in between loses nothing: a PDF stored by a transaction that then rolled back
+  is adopted by the next rendering (write-once, same key), and archived invoice records
+  left without their PDF (before this guard) are rendered by the invoice renderer.
+  The archive also waits (UNAVAILABLE) for a refund still being carried out with the PSP.
 - Restriction (GDPR-04): recorded; the archive rows of a restricted subject are marked.
 - Purge / erasure (GDPR-03, BIL-09, RET-05): orders, invoices and refunds are accounting
   records kept 10 years (Code de commerce L123-22): archived if still live, RESTRICTED
@@ -23,18 +32,29 @@ is stored here (BIL-06, invoices name the account id).
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import delete, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.billing.domain.common import OrderStatus
+from services.billing.domain.invoices import (
+    Archive,
+    DataLoss,
+    Unavailable,
+    archive_invoice,
+    document_from_json,
+    render_document,
+    stored_or_put,
+)
 from services.billing.domain.retention import months_ago_13
 from services.billing.models import (
     ArchivedRecord,
@@ -51,12 +71,15 @@ from services.billing.models import (
 )
 from services.shared.db import utcnow
 from services.shared.errors import FailedPrecondition, InvalidArgument
+from services.shared.objectstore import ObjectStoreError
 
+log = logging.getLogger(__name__)
 ACCOUNTING = ("orders", "invoices", "refunds")
 PAYMENT_DATA = ("payment_attempts", "psp_notifications")
 PAYMENT_DATA_MONTHS = 13
 REFUND_PSP_FIELDS = ("psp_transaction_id", "psp_call_number", "psp_authorization", "psp_error_code")
 OPEN_ORDER = (OrderStatus.AWAITING_PAYMENT.value,)
+PENDING = "pending"  # a payment attempt or a refund waiting for the PSP
 
 
 class LegalBasis(StrEnum):
@@ -233,10 +256,13 @@ def _invoice(invoice: dict[str, Any], subject_id: str) -> dict[str, Any]:
 
 
 def _invoice_document(invoice: dict[str, Any], subject_id: str) -> dict[str, Any]:
+    # The PDF's hash exists once it is rendered (the export renders live invoices first).
+    sha256 = invoice.get("sha256_hex") or ""
+    identifier = [{"system": "urn:secondopinion:sha256", "value": sha256}] if sha256 else []
     return {
         "resourceType": "DocumentReference",
         "id": f"invoice-pdf-{invoice['invoice_id']}",
-        "identifier": [{"system": "urn:secondopinion:sha256", "value": invoice["sha256_hex"]}],
+        **({"identifier": identifier} if identifier else {}),
         "status": "current",
         "type": {"coding": [{"system": "urn:secondopinion:document-purpose", "code": "invoice"}]},
         "subject": {"reference": f"Patient/{subject_id}"},
@@ -252,6 +278,13 @@ def _invoice_document(invoice: dict[str, Any], subject_id: str) -> dict[str, Any
             }
         ],
     }
+
+
+async def unrendered_invoice_ids(session: AsyncSession, subject_id: str) -> list[str]:
+    """The subject's live invoices whose PDF is not rendered yet (an export renders them
+    first, so it carries every document and its hash)."""
+    held = await live_holdings(session, subject_id)
+    return [i.invoice_id for i in held.invoices if i.archived_at is None]
 
 
 async def export_subject(
@@ -295,14 +328,69 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- archive and restriction
 
 
-async def archive_subject(
-    session: AsyncSession, subject_id: str, accounting_retention: timedelta
-) -> dict[str, int]:
+async def render_for_archive(
+    session: AsyncSession, archive: Archive, invoice_id: str, outcome: str = "nothing was archived"
+) -> None:
+    """Renders and stores one invoice's PDF (write-once) in the caller's transaction, so
+    that the invoice can be archived (or exported). Any failure is UNAVAILABLE (retry
+    later; `outcome` tells the caller what was not done), except an invoice with no
+    document data at all (DATA_LOSS, which no retry fixes)."""
+    try:
+        rendered = await archive_invoice(session, archive, invoice_id, wait=True)
+    except DataLoss:
+        log.error("invoice cannot be rendered for archiving", extra={"fields": {"invoice_id": invoice_id}})
+        raise
+    except Unavailable:
+        raise Unavailable(
+            f"the PDF of invoice {invoice_id} could not be stored in the archive yet; {outcome}: retry later"
+        ) from None
+    except Exception as exc:  # a renderer failure: nothing is archived without its PDF
+        log.error(
+            "invoice not rendered for archiving", exc_info=exc, extra={"fields": {"invoice_id": invoice_id}}
+        )
+        raise Unavailable(
+            f"the PDF of invoice {invoice_id} could not be rendered; {outcome}: retry later"
+        ) from None
+    if rendered is not None and rendered.archived_at is None:
+        raise Unavailable(f"the PDF of invoice {invoice_id} is not archived yet; {outcome}: retry later")
+
+
+async def render_pending_invoices(
+    sessions: async_sessionmaker[AsyncSession],
+    archive: Archive,
+    subject_id: str,
+    outcome: str = "nothing was archived",
+) -> int:
+    """Before an export, an archive or a purge: each live invoice of the subject still
+    without its PDF is rendered and stored now, one short transaction each (the archive's
+    own transaction then only checks, and renders what was issued meanwhile)."""
+    async with sessions() as session:
+        pending = await unrendered_invoice_ids(session, subject_id)
+    for invoice_id in pending:
+        async with sessions.begin() as session:
+            await render_for_archive(session, archive, invoice_id, outcome)
+    return len(pending)
+
+
+async def archive_subject(session: AsyncSession, archive: Archive, subject_id: str) -> dict[str, int]:
     """RET-02 / RET-07: the subject's rows move to the archive table, out of every
-    day-to-day path; what the archive holds for the subject is returned."""
+    day-to-day path; what the archive holds for the subject is returned. Every invoice
+    moved has its PDF in the WORM store: one still unrendered is rendered here, and if
+    that fails the whole archive is refused (UNAVAILABLE) with nothing written."""
+    accounting_retention = archive.retention
     held = await live_holdings(session, subject_id)
-    if any(o.status in OPEN_ORDER for o in held.orders) and any(a.status == "pending" for a in held.attempts):
+    if any(o.status in OPEN_ORDER for o in held.orders) and any(a.status == PENDING for a in held.attempts):
         raise FailedPrecondition("a payment is in progress: it must end before the records are archived")
+    if any(r.status == PENDING for r in held.refunds):
+        # Archived, it would never be carried out (nor its payer told): it ends first.
+        raise Unavailable("a refund is being carried out with the PSP: retry once it is done")
+    unrendered = [i.invoice_id for i in held.invoices if i.archived_at is None]
+    if unrendered:
+        for invoice_id in unrendered:
+            await render_for_archive(session, archive, invoice_id)
+        held = await live_holdings(session, subject_id)
+        if any(i.archived_at is None for i in held.invoices):
+            raise Unavailable("an invoice of the subject is not rendered yet; nothing was archived: retry")
     now = utcnow()
     restriction = await session.get(SubjectRestriction, subject_id)
     restricted_at = restriction.restricted_at if restriction is not None else None
@@ -349,6 +437,56 @@ async def archive_subject(
         delete(OutboxEmail).where(OutboxEmail.account_id == subject_id, OutboxEmail.sent_at.is_not(None))
     )
     return _counts(await archived_rows(session, subject_id))
+
+
+async def unrendered_archived_invoice_ids(session: AsyncSession, limit: int = 50) -> list[str]:
+    """Archived invoice records without their PDF's hash: archived, before the archive
+    rendered pending invoices first, while their PDF was still to be rendered."""
+    sha256 = ArchivedRecord.payload["sha256_hex"].as_string()
+    rows = await session.scalars(
+        select(ArchivedRecord.record_id)
+        .where(ArchivedRecord.category == "invoices", or_(sha256.is_(None), sha256 == ""))
+        .order_by(ArchivedRecord.record_at, ArchivedRecord.record_id)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def render_archived_invoice(session: AsyncSession, archive: Archive, record_id: str) -> bool:
+    """Renders and stores (write-once, adopting a copy already stored) the PDF of an
+    archived invoice record that has none, and records its hash in the record; True when
+    this call did it. The record is locked meanwhile (PostgreSQL): another process skips it."""
+    row = await session.scalar(
+        select(ArchivedRecord)
+        .where(ArchivedRecord.record_id == record_id, ArchivedRecord.category == "invoices")
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    if row is None or row.payload.get("sha256_hex"):
+        return False
+    payload = dict(row.payload)
+    document = payload.get("document")
+    if not isinstance(document, dict):
+        raise DataLoss("the archived invoice has neither its PDF nor its document data")
+    content = await render_document(document_from_json(document), payload.get("format") == "factur_x")
+    issued_at = _aware(datetime.fromisoformat(str(payload["issued_at"])))
+    try:
+        stored = await stored_or_put(archive, str(payload["archive_key"]), issued_at, content)
+    except ObjectStoreError as exc:
+        log.warning(
+            "archived invoice not rendered yet",
+            extra={"fields": {"invoice_id": record_id, "error": type(exc).__name__}},
+        )
+        raise Unavailable("the archive store is unavailable: retry in a moment") from None
+    payload.update(
+        sha256_hex=hashlib.sha256(stored).hexdigest(),
+        archive_locked=archive.locks,
+        archived_at=utcnow().isoformat(),
+    )
+    row.payload = payload
+    await session.flush()
+    log.warning("archived invoice rendered late", extra={"fields": {"invoice_id": record_id}})
+    return True
 
 
 async def restrict_subject(
@@ -399,13 +537,11 @@ class PurgeOutcome:
     retained: list[RetainedItem]
 
 
-async def purge_subject(
-    session: AsyncSession, subject_id: str, accounting_retention: timedelta
-) -> PurgeOutcome:
-    """GDPR-03 / BIL-09 / RET-05: what the law lets go, goes; the rest is archived,
-    restricted and listed with its legal basis."""
+async def purge_subject(session: AsyncSession, archive: Archive, subject_id: str) -> PurgeOutcome:
+    """GDPR-03 / BIL-09 / RET-05: what the law lets go, goes; the rest is archived (with
+    every invoice's PDF, as `archive_subject`), restricted and listed with its legal basis."""
     case_ids = await subject_case_ids(session, subject_id)
-    await archive_subject(session, subject_id, accounting_retention)
+    await archive_subject(session, archive, subject_id)
     now = utcnow()
     cutoff = months_ago_13(now)
     purged: dict[str, int] = defaultdict(int)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.billing.domain.common import CasePurpose, OrderStatus, random_reference
 from services.billing.domain.prices import PriceLine, catalog_in_force, compute_price
+from services.billing.domain.restriction import ensure_processing_allowed
 from services.billing.models import Order
 from services.shared.auth import Principal
 from services.shared.db import utcnow
@@ -35,6 +36,7 @@ async def create_order(
 ) -> Order:
     case_id = check_id(case_id, "case_id")
     payer_account_id = check_id(payer_account_id, "payer_account_id")
+    await ensure_processing_allowed(session, payer_account_id)  # GDPR-04
     if await session.scalar(select(Order.order_id).where(Order.case_id == case_id)) is not None:
         raise AlreadyExists("the case already has an order")
     catalog = await catalog_in_force(session)

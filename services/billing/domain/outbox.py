@@ -1,4 +1,5 @@
-"""Emails the billing service owes (BIL-07 payment summary, BIL-08 invoice available).
+"""Emails the billing service owes (BIL-07 payment summary, BIL-08 invoice available,
+the refund of a cancelled case, the refund of a duplicate payment).
 
 They are written in the same transaction as what they announce and sent afterwards by
 the dispatcher through the notifications service, so a crash or an unreachable service

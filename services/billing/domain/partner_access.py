@@ -3,26 +3,65 @@
 API keys are 256-bit random secrets shown once; only their SHA-256 is stored (a slow
 hash adds nothing to a secret of that strength). Every read is filtered by the partner
 proven by the key, never by a request field.
+
+Over mutual TLS (SEC-04) the key must also come with a client certificate registered to
+the key's partner: each registered certificate is a credential of kind
+`client_certificate` holding the SHA-256 fingerprint of its DER encoding. A certificate
+is bound to one partner at a time; rotation registers the new one and revokes the old
+(revoking removes the fingerprint from the partner's allowed set).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Integer, cast, func, select
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from sqlalchemy import Integer, Select, bindparam, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from services.billing.domain.common import OrderStatus, next_token, offset_from_token, page_size
 from services.billing.domain.coverage import get_partner
 from services.billing.models import Invoice, Order, PartnerCredential, SatisfactionAnswer
 from services.shared.db import utcnow
-from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from services.shared.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
 
+log = logging.getLogger(__name__)
 API_KEY_PREFIX = "sopk_"
+API_KEY = "api_key"
+CLIENT_CERTIFICATE = "client_certificate"
+MAX_CERTIFICATE_PEM = 16 * 1024
+# Built once (each call only binds values): the key's credential, and whether the key's
+# partner holds an active certificate of that fingerprint, in one query.
+_CERTIFICATE = aliased(PartnerCredential, name="certificate")
+_BY_KEY: Select[Any] = select(PartnerCredential).where(
+    PartnerCredential.secret_sha256 == bindparam("key_sha256")
+)
+_BY_KEY_WITH_CERTIFICATE: Select[Any] = _BY_KEY.add_columns(
+    select(_CERTIFICATE.credential_id)
+    .where(
+        _CERTIFICATE.partner_id == PartnerCredential.partner_id,
+        _CERTIFICATE.kind == CLIENT_CERTIFICATE,
+        _CERTIFICATE.certificate_sha256_fingerprint == bindparam("fingerprint"),
+        _CERTIFICATE.revoked_at.is_(None),
+        or_(_CERTIFICATE.expires_at.is_(None), _CERTIFICATE.expires_at > bindparam("now")),
+    )
+    .exists()
+    .label("bound")
+)
 
 
 def key_hash(api_key: str) -> str:
@@ -39,7 +78,7 @@ async def create_api_key(
     credential = PartnerCredential(
         credential_id=str(uuid.uuid4()),
         partner_id=partner_id,
-        kind="api_key",
+        kind=API_KEY,
         api_key_prefix=api_key[:12],
         secret_sha256=key_hash(api_key),
         certificate_sha256_fingerprint="",
@@ -51,21 +90,101 @@ async def create_api_key(
     return credential, api_key
 
 
-async def authenticate(session: AsyncSession, api_key: str) -> str:
-    """The partner id an API key proves, or UNAUTHENTICATED."""
+def certificate_fingerprint(certificate_pem: bytes) -> str:
+    """SHA-256 (hex) of the certificate's DER encoding: what a partner's credential binds."""
+    return x509.load_pem_x509_certificate(certificate_pem).fingerprint(hashes.SHA256()).hex()
+
+
+async def authenticate(session: AsyncSession, api_key: str, certificate_sha256: str | None = None) -> str:
+    """The partner id an API key proves, or UNAUTHENTICATED.
+
+    With `certificate_sha256` (the fingerprint of the peer's certificate, mutual TLS) the
+    key's partner must also hold that certificate, else UNAUTHENTICATED with the same
+    message as a wrong key: a leaked key alone, or with another partner's certificate,
+    opens nothing and tells nothing. One query either way."""
     if not api_key.startswith(API_KEY_PREFIX) or len(api_key) > 100:
         raise Unauthenticated("a valid partner API key is required")
-    credential = await session.scalar(
-        select(PartnerCredential).where(PartnerCredential.secret_sha256 == key_hash(api_key))
-    )
     now = utcnow()
+    if certificate_sha256 is None:
+        row = (await session.execute(_BY_KEY, {"key_sha256": key_hash(api_key)})).first()
+    else:
+        parameters = {"key_sha256": key_hash(api_key), "fingerprint": certificate_sha256, "now": now}
+        row = (await session.execute(_BY_KEY_WITH_CERTIFICATE, parameters)).first()
+    credential: PartnerCredential | None = row[0] if row is not None else None
     if (
-        credential is None
+        row is None
+        or credential is None
+        or credential.kind != API_KEY
         or credential.revoked_at is not None
         or (credential.expires_at is not None and credential.expires_at <= now)
     ):
         raise Unauthenticated("a valid partner API key is required")
+    if certificate_sha256 is not None and not row[1]:
+        log.warning(
+            "partner api key used with a certificate not registered to its partner",
+            extra={
+                "fields": {
+                    "partner_id": credential.partner_id,
+                    "certificate_sha256_prefix": certificate_sha256[:12],
+                }
+            },
+        )
+        raise Unauthenticated("a valid partner API key is required")
     return credential.partner_id
+
+
+async def register_certificate(
+    session: AsyncSession, partner_id: str, certificate_pem: str
+) -> PartnerCredential:
+    """Allow a client certificate (PEM) for the partner on the partner API (mutual TLS).
+
+    The same certificate registered again for the same partner answers its existing
+    credential; a certificate active for another partner is refused. The credential expires
+    with the certificate. The TLS handshake checks the chain against the configured CA."""
+    await get_partner(session, partner_id)
+    if not certificate_pem or len(certificate_pem) > MAX_CERTIFICATE_PEM:
+        raise InvalidArgument("certificate_pem is required (one PEM certificate)")
+    try:
+        certificates = x509.load_pem_x509_certificates(certificate_pem.encode())
+    except ValueError as exc:
+        raise InvalidArgument("certificate_pem is not a PEM certificate") from exc
+    if len(certificates) != 1:
+        raise InvalidArgument("certificate_pem must hold exactly one certificate (the partner's own)")
+    certificate = certificates[0]
+    now = utcnow()
+    if certificate.not_valid_after_utc <= now:
+        raise InvalidArgument("the certificate has expired")
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        raise InvalidArgument("a CA certificate cannot be a partner's client certificate")
+    fingerprint = certificate.fingerprint(hashes.SHA256()).hex()
+    existing = await session.scalar(
+        select(PartnerCredential).where(
+            PartnerCredential.kind == CLIENT_CERTIFICATE,
+            PartnerCredential.certificate_sha256_fingerprint == fingerprint,
+            PartnerCredential.revoked_at.is_(None),
+        )
+    )
+    if existing is not None:
+        if existing.partner_id != partner_id:
+            raise AlreadyExists("this certificate is registered to another partner")
+        return existing
+    credential = PartnerCredential(
+        credential_id=str(uuid.uuid4()),
+        partner_id=partner_id,
+        kind=CLIENT_CERTIFICATE,
+        api_key_prefix="",
+        secret_sha256=None,
+        certificate_sha256_fingerprint=fingerprint,
+        created_at=now,
+        expires_at=certificate.not_valid_after_utc,
+    )
+    session.add(credential)
+    await session.flush()
+    return credential
 
 
 async def revoke_credential(session: AsyncSession, credential_id: str) -> PartnerCredential:

@@ -4,6 +4,17 @@ A notification is verified (RSA signature), matched to its attempt by reference,
 its amount checked against the attempt and the order before anything is written. The
 capture is one conditional UPDATE (pending -> captured), so duplicates and replays,
 concurrent or not, capture once; each payload is recorded once by its hash.
+
+An attempt with no answer by its expiry is marked abandoned by the sweep
+(`abandon_expired`, one conditional UPDATE per batch: idempotent, and safe with several
+billing processes sweeping at once), so the records say what happened; the order stays
+awaiting payment and can be paid by a new attempt. A capture the PSP confirms late is
+still a real payment and is honoured: the abandoned attempt moves to captured, and the
+order to paid if it still awaits payment; if another attempt (or a code) settled the
+order meanwhile, the late capture is a duplicate payment and a refund of it is reserved
+in the same transaction (reason duplicate_payment), which the sweep then carries out
+with the PSP; once the PSP accepted it, the payer is emailed (once: see refunds.finish)
+and operations get a warning with ids and amount.
 """
 
 from __future__ import annotations
@@ -12,13 +23,15 @@ import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.billing.domain.common import FundingSource, OrderStatus, PaymentStatus
 from services.billing.domain.outbox import enqueue_email
+from services.billing.domain.refunds import reserve_duplicate_refund
+from services.billing.domain.restriction import ensure_processing_allowed
 from services.billing.models import Order, PaymentAttempt, PspNotification
 from services.billing.psp.paybox import (
     HostedForm,
@@ -44,6 +57,7 @@ def payload_sha256(raw_payload: str) -> str:
 
 
 async def start_attempt(session: AsyncSession, order: Order, locale: str, ttl_seconds: int) -> PaymentAttempt:
+    await ensure_processing_allowed(session, order.payer_account_id)  # GDPR-04
     if order.status != OrderStatus.AWAITING_PAYMENT:
         raise FailedPrecondition("the order is not awaiting payment")
     if locale not in ("", "fr", "en"):
@@ -156,8 +170,22 @@ async def handle_notification(
                 )
             )
             if settled.rowcount != 1:  # type: ignore[attr-defined]
-                # Paid twice (another attempt or a code won): kept captured for a refund.
-                log.warning("duplicate payment", extra={"fields": {"order_id": order.order_id}})
+                # Paid twice (another attempt or a code won): a real payment to give back.
+                refund_id = await reserve_duplicate_refund(
+                    session, order.order_id, attempt.payment_attempt_id
+                )
+                log.warning(
+                    "duplicate payment",
+                    extra={
+                        "fields": {
+                            "order_id": order.order_id,
+                            "payment_attempt_id": attempt.payment_attempt_id,
+                            "refund_id": refund_id,
+                            "amount_cents": message.amount_cents,
+                            "currency": attempt.currency,
+                        }
+                    },
+                )
             else:
                 await enqueue_email(
                     session,
@@ -182,7 +210,11 @@ async def handle_notification(
                 PaymentAttempt.payment_attempt_id == attempt.payment_attempt_id,
                 PaymentAttempt.status == PaymentStatus.PENDING.value,
             )
-            .values(status=status.value, psp_error_code=message.error_code)
+            .values(
+                status=status.value,
+                psp_error_code=message.error_code,
+                abandoned_at=now if status is PaymentStatus.ABANDONED else None,
+            )
         )
     await session.flush()
     return HandledNotification(attempt.payment_attempt_id, captured_now)
@@ -206,3 +238,30 @@ async def get_attempt(session: AsyncSession, attempt_id: str = "", order_id: str
     if attempt.status == PaymentStatus.PENDING and attempt.expires_at <= utcnow():
         attempt.status = PaymentStatus.ABANDONED.value
     return attempt
+
+
+async def abandon_expired(session: AsyncSession, now: datetime, limit: int = 500) -> list[str]:
+    """Marks pending attempts past their expiry abandoned; the ids this call changed.
+    Conditional on the status, so a concurrent sweep or a notification that got there
+    first wins and nothing is marked twice."""
+    due = list(
+        await session.scalars(
+            select(PaymentAttempt.payment_attempt_id)
+            .where(PaymentAttempt.status == PaymentStatus.PENDING.value, PaymentAttempt.expires_at <= now)
+            .order_by(PaymentAttempt.expires_at)
+            .limit(limit)
+        )
+    )
+    if not due:
+        return []
+    changed = await session.scalars(
+        update(PaymentAttempt)
+        .where(
+            PaymentAttempt.payment_attempt_id.in_(due),
+            PaymentAttempt.status == PaymentStatus.PENDING.value,
+            PaymentAttempt.expires_at <= now,
+        )
+        .values(status=PaymentStatus.ABANDONED.value, abandoned_at=now)
+        .returning(PaymentAttempt.payment_attempt_id)
+    )
+    return list(changed)

@@ -10,7 +10,10 @@ row's claim; a duplicate request waits for the outcome instead of asking again, 
 request resumed after a crash re-sends the *same* question, which the PSP answers once.
 The outcome is applied in one transaction: the refund row, the order's status and
 refunded amount, credit notes for the invoiced part (with their ledger entries per
-doctor) and the patient's email in the outbox.
+doctor) and the patient's email in the outbox: the cancellation's, or for a duplicate
+payment (reserved automatically on a late capture, `reserve_duplicate_refund`) the
+duplicate-payment notice, keyed by the refund so that it exists once whoever applies the
+answer and however often (the dispatcher sends it under the outbox row's key).
 
 A covered order is not refunded (the partner paid nothing yet): it is cancelled, so the
 partner is never invoiced for it, and any invoice already addressed to the partner is
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 # Longer than the PSP call's timeout: a claim outlives the request that holds it.
 CLAIM_SECONDS = 30
 CANCELLATION_TEMPLATE = "case_cancelled"
+DUPLICATE_REFUND_TEMPLATE = "duplicate_payment_refunded"
 
 
 class Unavailable(ServiceError):
@@ -265,6 +269,74 @@ async def _credit_invoices(
     return notes
 
 
+def duplicate_refund_key(payment_attempt_id: str) -> str:
+    return f"duplicate-payment:{payment_attempt_id}"
+
+
+def duplicate_refund_notice_key(refund_id: str) -> str:
+    """The outbox key of the payer's email once a duplicate payment is refunded."""
+    return f"duplicate-refund-notice:{refund_id}"
+
+
+async def reserve_duplicate_refund(session: AsyncSession, order_id: str, payment_attempt_id: str) -> str:
+    """Reserves the refund of a capture that paid an order already settled (a late
+    capture of an abandoned attempt, a second payment): the whole captured amount, reason
+    duplicate_payment, unclaimed so the sweep carries it out. Once per attempt."""
+    key = duplicate_refund_key(payment_attempt_id)
+    existing = await session.scalar(select(Refund.refund_id).where(Refund.request_key == key))
+    if existing is not None:
+        return str(existing)
+    order = await _lock_order(session, order_id)
+    attempt = await session.get(PaymentAttempt, payment_attempt_id, populate_existing=True)
+    assert order is not None
+    assert attempt is not None
+    now = utcnow()
+    question = await next_number(session, f"psp-question-{now:%Y%m%d}")
+    refund = Refund(
+        refund_id=str(uuid.uuid4()),
+        order_id=order.order_id,
+        request_key=key,
+        payment_attempt_id=attempt.payment_attempt_id,
+        amount_cents=attempt.captured_amount_cents,
+        currency=attempt.currency,
+        reason=RefundReason.DUPLICATE_PAYMENT.value,
+        status=RefundStatus.PENDING.value,
+        psp_question_number=question,
+        psp_requested_at=now,
+        psp_transaction_id="",
+        psp_call_number="",
+        psp_authorization="",
+        psp_error_code="",
+        claimed_until=None,
+        credit_note_ids=[],
+        created_at=now,
+    )
+    session.add(refund)
+    await session.flush()
+    log.info(
+        "duplicate payment refund reserved",
+        extra={"fields": {"refund_id": refund.refund_id, "order_id": order.order_id}},
+    )
+    return refund.refund_id
+
+
+async def unclaimed_duplicate_refunds(session: AsyncSession, limit: int = 50) -> list[str]:
+    """Pending duplicate-payment refunds nobody is carrying out (never claimed, or the
+    holder's claim ran out)."""
+    now = utcnow()
+    rows = await session.scalars(
+        select(Refund.refund_id)
+        .where(
+            Refund.status == RefundStatus.PENDING.value,
+            Refund.reason == RefundReason.DUPLICATE_PAYMENT.value,
+            (Refund.claimed_until.is_(None)) | (Refund.claimed_until < now),
+        )
+        .order_by(Refund.created_at)
+        .limit(limit)
+    )
+    return list(rows)
+
+
 def psp_request(refund: Refund, attempt: PaymentAttempt) -> RefundRequest:
     assert refund.psp_requested_at is not None
     return RefundRequest(
@@ -334,7 +406,15 @@ async def finish(session: AsyncSession, archive: Archive, refund_id: str, answer
     if status is RefundStatus.FAILED:
         log.warning(
             "psp refused the refund",
-            extra={"fields": {"refund_id": refund_id, "error": answer.response_code}},
+            extra={
+                "fields": {
+                    "refund_id": refund_id,
+                    "order_id": refund.order_id,
+                    "reason": refund.reason,
+                    "amount_cents": refund.amount_cents,
+                    "error": answer.response_code,
+                }
+            },
         )
         await session.flush()
         return False
@@ -374,7 +454,7 @@ async def finish(session: AsyncSession, archive: Archive, refund_id: str, answer
     invoiced_part = max(0, order.total_amount_cents - net_after) - max(
         0, order.total_amount_cents - net_before
     )
-    if invoiced_part > 0:
+    if invoiced_part > 0 and order.funding_source == FundingSource.CARD.value:
         refund.credit_note_ids = await _credit_invoices(session, archive, order, invoiced_part)
     if refund.reason == RefundReason.CASE_CANCELLED_BEFORE_DELIVERY.value:
         await enqueue_email(
@@ -385,6 +465,29 @@ async def finish(session: AsyncSession, archive: Archive, refund_id: str, answer
             refund.amount_cents,
             refund.currency,
             occurred_at=now,
+        )
+    elif refund.reason == RefundReason.DUPLICATE_PAYMENT.value:
+        await enqueue_email(
+            session,
+            duplicate_refund_notice_key(refund.refund_id),
+            DUPLICATE_REFUND_TEMPLATE,
+            order.payer_account_id,
+            refund.amount_cents,
+            refund.currency,
+            occurred_at=now,
+        )
+        # For operations (a coordinator may be asked about it): ids and amount only.
+        log.warning(
+            "duplicate payment refunded",
+            extra={
+                "fields": {
+                    "refund_id": refund.refund_id,
+                    "order_id": order.order_id,
+                    "payment_attempt_id": refund.payment_attempt_id,
+                    "amount_cents": refund.amount_cents,
+                    "currency": refund.currency,
+                }
+            },
         )
     await session.flush()
     log.info("refund completed", extra={"fields": {"refund_id": refund_id, "order_id": order.order_id}})

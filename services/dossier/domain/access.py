@@ -3,17 +3,19 @@
 - The filer (and so the person they act for, whom they represent) sees their cases.
 - A referent doctor sees a case only while assigned to it (RecordAssignment by the case
   workflow) and not opposed by the patient (DOC-02, DOC-03).
-- A coordinator needs the health-data habilitation (SEC-05). Identity tokens do not carry
-  habilitation claims yet, so the habilitation is a settings allowlist of account ids.
-- Staff holding the personal-assistant habilitation may fill data in for the patient;
-  what they enter is marked as entered under the mandate (CASE-14).
+- A coordinator needs the health-data habilitation (SEC-05), read from the verified
+  token's habilitation claim (identity grants it and puts it in every token it mints; a
+  revocation shows at the next token, so within the token lifetime, 5 minutes).
+- Coordinators holding the personal-assistant habilitation (same claim) may fill data in
+  for the patient; what they enter is marked as entered under the mandate (CASE-14).
 - The case workflow (service `worker`) acts as the platform.
 - Partners, referring doctors, DPO and administrators never see a case's content.
 
 A refusal answers NOT_FOUND (ids reveal nothing) and is itself logged when the case exists.
 An archived case is out of day-to-day reach (RET-07): every normal path answers NOT_FOUND;
-only the explicit archive-read path reads it. A restricted case (GDPR-04) is kept but not
-processed: only the person reads it (see `Gate.resolve`).
+only the explicit archive-read path reads it (the DPO, or a coordinator holding the
+archive-access habilitation: `AccessPolicy.archive_reader`). A restricted case (GDPR-04)
+is kept but not processed: only the person reads it (see `Gate.resolve`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.dossier.domain.accesslog import Purpose
 from services.dossier.models import Assignment, Case, DoctorOpposition
-from services.shared.auth import Principal, Role
+from services.shared.auth import Habilitation, Principal, Role
 from services.shared.errors import NotFound
 
 
@@ -42,15 +44,19 @@ class Need(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
-    health_data_account_ids: frozenset[str]
-    personal_assistant_account_ids: frozenset[str]
     platform_services: frozenset[str]
 
     def health_data_habilitated(self, principal: Principal) -> bool:
-        return principal.role is Role.COORDINATOR and principal.subject in self.health_data_account_ids
+        return principal.role is Role.COORDINATOR and principal.holds(Habilitation.HEALTH_DATA)
 
     def personal_assistant(self, principal: Principal) -> bool:
-        return principal.role is Role.COORDINATOR and principal.subject in self.personal_assistant_account_ids
+        return principal.role is Role.COORDINATOR and principal.holds(Habilitation.PERSONAL_ASSISTANT)
+
+    def archive_reader(self, principal: Principal) -> bool:
+        """RET-07: the DPO, or a coordinator holding the archive-access habilitation."""
+        return principal.role is Role.DPO or (
+            principal.role is Role.COORDINATOR and principal.holds(Habilitation.ARCHIVE_ACCESS)
+        )
 
     def platform(self, principal: Principal) -> bool:
         return principal.is_service and principal.subject in self.platform_services

@@ -2,19 +2,30 @@
 message or report appends who, role, what, when and why. Entries form a hash chain (each
 carries the previous entry's hash) and the database refuses UPDATE and DELETE on the
 table. An append that fails makes the whole access fail (UNAVAILABLE): no log, no data.
+
+Writes append their entry in the write's own transaction (`append`). Reads hand theirs to
+`ReadLog`, a group commit: one writer task appends every queued read entry in one
+transaction and each reader waits for its entries' commit before it returns any data.
+Appends are ordered by the single head row's lock, so every read used to be a write
+transaction of its own, queued behind the others on that lock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hashlib
 import json
+import logging
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 import grpc
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dossier.models import AccessLogEntry, AccessLogHead, Case
 from services.shared.auth import Principal
@@ -23,6 +34,7 @@ from services.shared.errors import ServiceError
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
+log = logging.getLogger(__name__)
 
 
 class AccessLogUnavailable(ServiceError):
@@ -84,6 +96,87 @@ def entry_hash(entry: AccessLogEntry) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    """An entry before it takes its place in the chain (sequence, time, hashes)."""
+
+    actor_account_id: str
+    actor_role: str
+    action: Action
+    object_kind: ObjectKind
+    object_id: str
+    case_id: str
+    subject_account_id: str
+    beneficiary_id: str
+    purpose: Purpose
+
+
+def pending(
+    *,
+    actor: Principal,
+    action: Action,
+    object_kind: ObjectKind,
+    object_id: str,
+    case: Case | None,
+    purpose: Purpose,
+    subject_account_id: str = "",
+) -> PendingEntry:
+    """Account-level objects (proof documents) have no case: pass the subject instead."""
+    return PendingEntry(
+        actor_account_id=actor.subject,
+        actor_role=actor.role.value,
+        action=action,
+        object_kind=object_kind,
+        object_id=object_id,
+        case_id=case.case_id if case else "",
+        subject_account_id=case.filer_account_id if case else subject_account_id,
+        beneficiary_id=case.beneficiary_id if case else "",
+        purpose=purpose,
+    )
+
+
+async def _chain(session: AsyncSession, entries: Sequence[PendingEntry]) -> list[AccessLogEntry]:
+    """Link entries at the head of the chain in the session's transaction."""
+    # The write comes first so the lock is taken before the head is read (both backends).
+    await session.execute(
+        update(AccessLogHead)
+        .where(AccessLogHead.head_id == HEAD_ID)
+        .values(sequence=AccessLogHead.sequence + len(entries))
+    )
+    row = (
+        await session.execute(
+            select(AccessLogHead.sequence, AccessLogHead.entry_hash).where(AccessLogHead.head_id == HEAD_ID)
+        )
+    ).one()
+    previous = str(row.entry_hash)
+    first = int(row.sequence) - len(entries) + 1
+    now = utcnow()
+    chained: list[AccessLogEntry] = []
+    for offset, item in enumerate(entries):
+        entry = AccessLogEntry(
+            sequence=first + offset,
+            occurred_at=now,
+            actor_account_id=item.actor_account_id,
+            actor_role=item.actor_role,
+            action=item.action.value,
+            object_kind=item.object_kind.value,
+            object_id=item.object_id,
+            case_id=item.case_id,
+            subject_account_id=item.subject_account_id,
+            beneficiary_id=item.beneficiary_id,
+            purpose=item.purpose.value,
+            previous_hash=previous,
+        )
+        entry.entry_hash = previous = entry_hash(entry)
+        chained.append(entry)
+    session.add_all(chained)
+    await session.execute(
+        update(AccessLogHead).where(AccessLogHead.head_id == HEAD_ID).values(entry_hash=previous)
+    )
+    await session.flush()
+    return chained
+
+
 async def append(
     session: AsyncSession,
     *,
@@ -97,43 +190,115 @@ async def append(
 ) -> AccessLogEntry:
     """Append one entry in the caller's transaction; the head row's lock orders appends.
     Account-level objects (proof documents) have no case: pass the subject instead."""
+    entry = pending(
+        actor=actor, action=action, object_kind=object_kind, object_id=object_id, case=case,
+        purpose=purpose, subject_account_id=subject_account_id,
+    )  # fmt: skip
     try:
-        # The write comes first so the lock is taken before the head is read (both backends).
-        await session.execute(
-            update(AccessLogHead)
-            .where(AccessLogHead.head_id == HEAD_ID)
-            .values(sequence=AccessLogHead.sequence + 1)
-        )
-        row = (
-            await session.execute(
-                select(AccessLogHead.sequence, AccessLogHead.entry_hash).where(
-                    AccessLogHead.head_id == HEAD_ID
-                )
-            )
-        ).one()
-        entry = AccessLogEntry(
-            sequence=int(row.sequence),
-            occurred_at=utcnow(),
-            actor_account_id=actor.subject,
-            actor_role=actor.role.value,
-            action=action.value,
-            object_kind=object_kind.value,
-            object_id=object_id,
-            case_id=case.case_id if case else "",
-            subject_account_id=case.filer_account_id if case else subject_account_id,
-            beneficiary_id=case.beneficiary_id if case else "",
-            purpose=purpose.value,
-            previous_hash=str(row.entry_hash),
-        )
-        entry.entry_hash = entry_hash(entry)
-        session.add(entry)
-        await session.execute(
-            update(AccessLogHead).where(AccessLogHead.head_id == HEAD_ID).values(entry_hash=entry.entry_hash)
-        )
-        await session.flush()
+        return (await _chain(session, [entry]))[0]
     except SQLAlchemyError as exc:
         raise AccessLogUnavailable("the access log cannot be written; the access is refused") from exc
-    return entry
+
+
+# PostgreSQL: serialization failure, deadlock, lock not available. SQLite: busy or locked.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+
+
+def _retryable(exc: BaseException) -> bool:
+    if not isinstance(exc, DBAPIError):
+        return False
+    if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+        return True
+    text = str(exc.orig).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
+class ReadLog:
+    """Group commit of read entries. Readers queue their entries and wait; one writer task
+    (started when entries are queued and none runs, ended when the queue is empty) links
+    everything queued in one transaction and tells each reader once it is committed, or
+    that it failed (AccessLogUnavailable: the reader returns nothing). A transient race on
+    the head row (deadlock, serialization failure, busy database) is retried a bounded
+    number of times: the batch holds log entries only, so a retry is safe."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        max_batch: int = 500,
+        attempts: int = 3,
+        retry_pause_seconds: float = 0.02,
+    ) -> None:
+        self._sessions = sessions
+        self._max_batch = max_batch
+        self._attempts = attempts
+        self._pause = retry_pause_seconds
+        self._queue: deque[tuple[Sequence[PendingEntry], asyncio.Future[None]]] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0  # transactions committed (tests, metrics)
+
+    async def append(self, entries: Sequence[PendingEntry]) -> None:
+        """Return once the entries are committed to the chain; raise AccessLogUnavailable
+        when they cannot be."""
+        if not entries:
+            return
+        loop = asyncio.get_running_loop()
+        committed: asyncio.Future[None] = loop.create_future()
+        # A reader that gives up (cancelled) leaves its entries to be written anyway.
+        committed.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._queue.append((tuple(entries), committed))
+        if self._writer is None or self._writer.done():
+            # Its own context: the writer serves every reader, not the first one's trace.
+            self._writer = loop.create_task(self._write(), context=contextvars.Context())
+        await asyncio.shield(committed)
+
+    async def _write(self) -> None:
+        while self._queue:
+            batch: list[tuple[Sequence[PendingEntry], asyncio.Future[None]]] = []
+            size = 0
+            while self._queue and (not batch or size + len(self._queue[0][0]) <= self._max_batch):
+                group = self._queue.popleft()
+                batch.append(group)
+                size += len(group[0])
+            try:
+                await self._commit([entry for entries, _ in batch for entry in entries])
+            except BaseException as exc:
+                log.warning("read entries not logged", extra={"fields": {"entries": size}})
+                for _, committed in batch:
+                    if not committed.done():
+                        failure = AccessLogUnavailable(
+                            "the access log cannot be written; the access is refused"
+                        )
+                        failure.__cause__ = exc
+                        committed.set_exception(failure)
+                if not isinstance(exc, Exception):  # cancelled (shutdown): the queue too
+                    self._fail_queued(exc)
+                    raise
+            else:
+                for _, committed in batch:
+                    if not committed.done():
+                        committed.set_result(None)
+
+    def _fail_queued(self, cause: BaseException) -> None:
+        while self._queue:
+            _, committed = self._queue.popleft()
+            if not committed.done():
+                failure = AccessLogUnavailable("the access log cannot be written; the access is refused")
+                failure.__cause__ = cause
+                committed.set_exception(failure)
+
+    async def _commit(self, entries: list[PendingEntry]) -> None:
+        for attempt in range(1, self._attempts + 1):
+            try:
+                async with self._sessions.begin() as session:
+                    await _chain(session, entries)
+                self.batches += 1
+                return
+            except DBAPIError as exc:
+                if attempt == self._attempts or not _retryable(exc):
+                    raise
+                log.info("access log append retried", extra={"fields": {"attempt": attempt}})
+                await asyncio.sleep(self._pause * attempt)
 
 
 @dataclass(frozen=True, slots=True)

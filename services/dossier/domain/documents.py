@@ -7,6 +7,13 @@ the declared size and the type (first 132 bytes) are checked; the file is then c
 structurally (pikepdf, pydicom, Pillow) and scanned; it is encrypted into the store under
 a random key; the row, its log entry and the idempotency record commit together. Any
 failure on the way deletes the scratch file and the object: nothing half-done remains.
+
+Rights-request answers (GDPR-01, GDPR-05): the platform (a `platform_services` service:
+the lifecycle worker) stores the export archive (a zip) as an account-level document of
+the person it answers (`subject_account_id`). It is theirs like a proof they uploaded:
+`uploaded_by_account_id` is the person, `source` PLATFORM, sealed under the person's own
+key (a purge crypto-shreds it), scanned like any upload. Only that person reads it; the
+uploader is the CREATE entry's actor in the access log.
 """
 
 from __future__ import annotations
@@ -42,13 +49,26 @@ from services.dossier.domain.crypto import (
     unwrap_for_subject,
     wrap_for_subject,
 )
-from services.dossier.domain.filetypes import SNIFF_BYTES, ContentType, check_structure, sniff
+from services.dossier.domain.filetypes import (
+    ANSWER_TYPES,
+    SNIFF_BYTES,
+    UPLOAD_TYPES,
+    ContentType,
+    check_structure,
+    sniff,
+)
 from services.dossier.domain.gate import Gate
 from services.dossier.domain.scan import MalwareScanner, ScannerUnavailable
 from services.dossier.models import Document, IdempotencyRecord, Message
 from services.shared.auth import Principal, Role
 from services.shared.db import utcnow
-from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from services.shared.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ServiceError,
+)
 from services.shared.idempotency import _recall, check_key, request_fingerprint, run_once
 from services.shared.objectstore import ObjectStore
 
@@ -56,6 +76,12 @@ log = logging.getLogger(__name__)
 
 MAX_CHUNK = 1024 * 1024
 READ_CHUNK = 1024 * 1024
+# A rights-request answer holds every file of the person (each within the upload limit):
+# its own, larger limit (never below the upload limit).
+MAX_ANSWER_BYTES = 2 * 1024 * 1024 * 1024
+MAX_SUBJECT_ID = 36
+UNSUPPORTED_UPLOAD = "unsupported document type: PDF, JPEG, PNG or DICOM (checked by content)"
+UNSUPPORTED_ANSWER = "a rights-request answer is a zip archive or a PDF (checked by content)"
 
 
 class DataLoss(ServiceError):
@@ -86,6 +112,8 @@ class DocumentSource(StrEnum):
     POSTAL_MAIL = "postal_mail"
     DOCTOR_UPLOAD = "doctor_upload"
     STAFF_UNDER_MANDATE = "staff_under_mandate"
+    # Produced by the platform for the person who owns it (a rights-request answer).
+    PLATFORM = "platform"
 
 
 class FlagReason(StrEnum):
@@ -126,6 +154,12 @@ class UploadRequest:
     beneficiary_id: str = ""
     replaces_document_id: str = ""
     received_by_post_at: datetime | None = None
+    # A rights-request answer the platform stores for this person (empty otherwise).
+    subject_account_id: str = ""
+
+    @property
+    def rights_answer(self) -> bool:
+        return bool(self.subject_account_id) or self.purpose is DocumentPurpose.RIGHTS_REQUEST_ANSWER
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +180,29 @@ class DocumentAccess:
     case_access: CaseAccess | None = None
 
 
+class AnswerRefused(NotFound):
+    """Someone other than its owner asked for a rights-request answer: NOT_FOUND, logged."""
+
+    def __init__(self, document_id: str, owner: str) -> None:
+        super().__init__("document not found")
+        self.document_id = document_id
+        self.owner = owner
+
+
+async def visible_documents(
+    session: AsyncSession, access: CaseAccess, after: str, limit: int
+) -> list[Document]:
+    """Documents of the case by id (ListDocuments' paging order), at most `limit`; shared
+    with the case overview."""
+    query = select(Document).where(Document.case_id == access.case.case_id)
+    if access.purpose is Purpose.CASE_REVIEW:
+        # Doctors never see malware-rejected files.
+        query = query.where(Document.status != DocumentStatus.REJECTED.value)
+    if after:
+        query = query.where(Document.document_id > after)
+    return list((await session.scalars(query.order_by(Document.document_id).limit(limit))).all())
+
+
 class DocumentVault:
     def __init__(
         self,
@@ -157,12 +214,14 @@ class DocumentVault:
         max_bytes: int,
         scratch_dir: Path,
         chunk_bytes: int = 1024 * 1024,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.gate = gate
         self.store = store
         self._keyring = keyring
         self.scanner = scanner
         self.max_bytes = max_bytes
+        self.max_answer_bytes = max(max_answer_bytes, max_bytes)
         self.scratch_dir = scratch_dir
         self.chunk_bytes = chunk_bytes
         scratch_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -201,13 +260,34 @@ class DocumentVault:
             return Need.FILL_IN, DocumentSource.STAFF_UNDER_MANDATE
         return Need.FILL_IN, DocumentSource.UPLOAD
 
+    def _limit(self, upload: UploadRequest) -> int:
+        return self.max_answer_bytes if upload.rights_answer else self.max_bytes
+
     def _check_metadata(self, upload: UploadRequest) -> None:
         if upload.declared_size <= 0:
             raise InvalidArgument(
                 "declared_size_bytes must be given and above zero (empty files are refused)"
             )
-        if upload.declared_size > self.max_bytes:
-            raise InvalidArgument(f"the document is over the {self.max_bytes}-byte limit")
+        if upload.declared_size > self._limit(upload):
+            raise InvalidArgument(f"the document is over the {self._limit(upload)}-byte limit")
+
+    def _answer_subject(self, principal: Principal, upload: UploadRequest, postal: bool) -> str:
+        """A rights-request answer: stored by the platform for the person it answers, as an
+        account-level document of theirs. Returns that person."""
+        if not self.policy.platform(principal):
+            raise PermissionDenied("only the platform stores a rights-request answer for a person")
+        if upload.purpose is not DocumentPurpose.RIGHTS_REQUEST_ANSWER:
+            raise InvalidArgument("subject_account_id is for rights-request answers only")
+        subject = upload.subject_account_id
+        if not subject or len(subject) > MAX_SUBJECT_ID or not subject.isprintable():
+            raise InvalidArgument(
+                "subject_account_id is required for a rights-request answer (an account id)"
+            )
+        if upload.case_id or postal or upload.beneficiary_id or upload.replaces_document_id:
+            raise InvalidArgument(
+                "a rights-request answer is an account-level document: no case, beneficiary or replacement"
+            )
+        return subject
 
     async def upload(
         self,
@@ -225,7 +305,11 @@ class DocumentVault:
         operation = f"{'AddPostalDocument' if postal else 'UploadDocument'}:{principal.subject}"
         check_key(getattr(first_message, "idempotency_key", ""))
         self._check_metadata(upload)
-        if upload.case_id:
+        if upload.rights_answer:
+            subject = self._answer_subject(principal, upload, postal)
+            need, source = Need.PLATFORM, DocumentSource.PLATFORM
+            await self.gate.keys.ensure(subject)
+        elif upload.case_id:
             need, source = self._need_and_source(principal, upload, postal)
             subject = await self.gate.check(principal, upload.case_id, need)
         else:
@@ -246,7 +330,7 @@ class DocumentVault:
         object_key = ""
         spooled: Spooled | None = None
         try:
-            spooled = await self._spool(chunks, upload.declared_size)
+            spooled = await self._spool(chunks, upload)
             await asyncio.to_thread(check_structure, spooled.content_type, spooled.path)
             try:
                 verdict = await self.scanner.scan(_file_chunks(spooled.path))
@@ -270,8 +354,12 @@ class DocumentVault:
                     access = await self.gate.resolve(session, principal, upload.case_id, need)
                     case = access.case
                     purpose = access.purpose
+                elif upload.rights_answer:
+                    case, purpose = None, Purpose.RIGHTS_REQUEST
                 else:
                     case, purpose = None, Purpose.OWN_SPACE
+                # The owner: the uploader, or the person a rights-request answer is for.
+                owner = subject if upload.rights_answer else principal.subject
                 replaced = None
                 if upload.replaces_document_id:
                     replaced = await session.get(Document, upload.replaces_document_id, with_for_update=True)
@@ -290,7 +378,7 @@ class DocumentVault:
                     sha256_hex=spooled.sha256_hex,
                     status=status.value,
                     source=source.value,
-                    uploaded_by_account_id=principal.subject,
+                    uploaded_by_account_id=owner,
                     uploaded_at=utcnow(),
                     replaces_document_id=upload.replaces_document_id,
                     flag_reason="",
@@ -315,7 +403,7 @@ class DocumentVault:
                     object_id=document_id,
                     case=case,
                     purpose=purpose,
-                    subject_account_id=principal.subject,
+                    subject_account_id=owner,
                 )
                 return document_id
 
@@ -339,7 +427,11 @@ class DocumentVault:
         )
         return result_id
 
-    async def _spool(self, chunks: AsyncIterator[bytes], declared: int) -> Spooled:
+    async def _spool(self, chunks: AsyncIterator[bytes], upload: UploadRequest) -> Spooled:
+        declared, limit = upload.declared_size, self._limit(upload)
+        allowed, unsupported = (
+            (ANSWER_TYPES, UNSUPPORTED_ANSWER) if upload.rights_answer else (UPLOAD_TYPES, UNSUPPORTED_UPLOAD)
+        )
         fd, name = tempfile.mkstemp(prefix="upload-", dir=self.scratch_dir)  # 0600
         path = Path(name)
         digest = hashlib.sha256()
@@ -352,17 +444,17 @@ class DocumentVault:
                     if len(chunk) > MAX_CHUNK:
                         raise InvalidArgument("chunks are at most 1 MiB")
                     size += len(chunk)
-                    if size > self.max_bytes:
-                        raise InvalidArgument(f"the document is over the {self.max_bytes}-byte limit")
+                    if size > limit:
+                        raise InvalidArgument(f"the document is over the {limit}-byte limit")
                     if size > declared:
                         raise InvalidArgument("the stream carries more bytes than declared_size_bytes")
                     if content_type is None:
                         head = (head + chunk)[:SNIFF_BYTES]
                         content_type = sniff(head)
+                        if content_type is not None and content_type not in allowed:
+                            raise InvalidArgument(unsupported)
                         if content_type is None and len(head) >= SNIFF_BYTES:
-                            raise InvalidArgument(
-                                "unsupported document type: PDF, JPEG, PNG or DICOM (checked by content)"
-                            )
+                            raise InvalidArgument(unsupported)
                     digest.update(chunk)
                     await asyncio.to_thread(handle.write, chunk)
             if size == 0:
@@ -370,9 +462,7 @@ class DocumentVault:
             if size != declared:
                 raise InvalidArgument("the stream ended before declared_size_bytes: upload cut, try again")
             if content_type is None:
-                raise InvalidArgument(
-                    "unsupported document type: PDF, JPEG, PNG or DICOM (checked by content)"
-                )
+                raise InvalidArgument(unsupported)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -392,32 +482,55 @@ class DocumentVault:
         if principal.role is Role.PATIENT and principal.subject == document.uploaded_by_account_id:
             await self.gate.keys.load(session, document.uploaded_by_account_id)
             return DocumentAccess(principal, document, Purpose.OWN_SPACE)
+        if document.purpose == DocumentPurpose.RIGHTS_REQUEST_ANSWER:
+            # The person's whole file, for them alone (staff read the file itself, logged).
+            raise AnswerRefused(document.document_id, document.uploaded_by_account_id)
+        if need is Need.READ and self.policy.platform(principal):
+            # The person's own proofs, in the export answering their access request.
+            await self.gate.keys.load(session, document.uploaded_by_account_id)
+            return DocumentAccess(principal, document, Purpose.PLATFORM_PROCESSING)
         if need is Need.READ and self.policy.health_data_habilitated(principal):
             await self.gate.keys.load(session, document.uploaded_by_account_id)
             return DocumentAccess(principal, document, Purpose.COORDINATION)
         raise NotFound("document not found")
 
-    async def _log(self, session: AsyncSession, access: DocumentAccess, action: Action) -> None:
-        await accesslog.append(
-            session,
-            actor=access.principal,
-            action=action,
-            object_kind=ObjectKind.DOCUMENT,
+    @staticmethod
+    def _read_entry(access: DocumentAccess, action: Action) -> accesslog.PendingEntry:
+        """A read of a document (metadata or download), logged through the group commit."""
+        return accesslog.pending(
+            actor=access.principal, action=action, object_kind=ObjectKind.DOCUMENT,
             object_id=access.document.document_id,
-            case=access.case_access.case if access.case_access else None,
-            purpose=access.purpose,
+            case=access.case_access.case if access.case_access else None, purpose=access.purpose,
             subject_account_id=access.document.uploaded_by_account_id,
-        )
+        )  # fmt: skip
+
+    async def _log_answer_refusal(self, principal: Principal, refused: AnswerRefused) -> None:
+        """A refused attempt on someone's rights-request answer is evidence too (best
+        effort: the caller is refused whatever happens here)."""
+        try:
+            async with self.sessions.begin() as session:
+                await accesslog.append(
+                    session, actor=principal, action=Action.REFUSED, object_kind=ObjectKind.DOCUMENT,
+                    object_id=refused.document_id, case=None, purpose=Purpose.NONE_ESTABLISHED,
+                    subject_account_id=refused.owner,
+                )  # fmt: skip
+        except Exception:
+            log.warning("refusal not logged", extra={"fields": {"document_id": refused.document_id}})
 
     async def get(self, principal: Principal, document_id: str) -> Document:
         try:
             async with self.sessions.begin() as session:
                 access = await self._access(session, principal, document_id, Need.READ)
-                await self._log(session, access, Action.READ)
-                return access.document
+                entry = self._read_entry(access, Action.READ)
+        except AnswerRefused as refused:
+            await self._log_answer_refusal(principal, refused)
+            raise NotFound("document not found") from None
         except AccessRefused as refused:
             await self.gate.log_refusal(principal, refused)
             raise NotFound("document not found") from None
+        # The transaction wrote nothing; the entry commits (group commit) before any data leaves.
+        await self.gate.read_log.append([entry])
+        return access.document
 
     async def open_download(
         self, principal: Principal, document_id: str
@@ -432,10 +545,14 @@ class DocumentVault:
                         "the document is not available (quarantined until its malware scan is clean,"
                         " or rejected)"
                     )
-                await self._log(session, access, Action.DOWNLOAD)
+                entry = self._read_entry(access, Action.DOWNLOAD)
+        except AnswerRefused as refused:
+            await self._log_answer_refusal(principal, refused)
+            raise NotFound("document not found") from None
         except AccessRefused as refused:
             await self.gate.log_refusal(principal, refused)
             raise NotFound("document not found") from None
+        await self.gate.read_log.append([entry])
         return document, self.plaintext(document)
 
     def data_key(self, document: Document) -> bytes:
@@ -475,20 +592,12 @@ class DocumentVault:
     async def list_for_case(
         self, principal: Principal, case_id: str, after: str, limit: int
     ) -> list[Document]:
-        async with self.gate.case(principal, case_id, Need.READ) as (session, access):
-            query = select(Document).where(Document.case_id == case_id)
-            if access.purpose is Purpose.CASE_REVIEW:
-                # Doctors never see malware-rejected files.
-                query = query.where(Document.status != DocumentStatus.REJECTED.value)
-            if after:
-                query = query.where(Document.document_id > after)
-            documents = list((await session.scalars(query.order_by(Document.document_id).limit(limit))).all())
-            # One entry for the listing (metadata only), with the case as object id.
-            await accesslog.append(
-                session, actor=principal, action=Action.READ, object_kind=ObjectKind.DOCUMENT,
-                object_id=case_id, case=access.case, purpose=access.purpose,
-            )  # fmt: skip
-            return sorted(documents, key=lambda d: d.uploaded_at)
+        """A page of the case's documents (metadata only), by upload time: one read entry
+        for the listing (the case as object id), through the group commit."""
+        async with self.gate.read(principal, case_id) as (session, access, reads):
+            documents = await visible_documents(session, access, after, limit)
+            reads.add(access, ObjectKind.DOCUMENT, case_id)
+        return sorted(documents, key=lambda d: d.uploaded_at)
 
     # --- doctor's flag ----------------------------------------------------------------
     async def flag(self, principal: Principal, request: object, document_id: str, reason: FlagReason) -> str:

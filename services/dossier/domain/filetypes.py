@@ -1,6 +1,7 @@
 """Document types by content (magic bytes), never by name, and structural checks:
 PDFs with active content are refused (pikepdf), DICOM must parse (pydicom), images must
-decode their headers (Pillow)."""
+decode their headers (Pillow), a zip (rights-request answers only, see `ANSWER_TYPES`)
+must list cleanly with bare relative entry names and no encrypted entry."""
 
 from __future__ import annotations
 
@@ -20,6 +21,17 @@ class ContentType(StrEnum):
     JPEG = "jpeg"
     PNG = "png"
     DICOM = "dicom"
+    # The export archive answering an access or portability request; no other upload.
+    ZIP = "zip"
+
+
+# What a person's uploads may be (the message every refusal gives names them).
+UPLOAD_TYPES = frozenset({ContentType.PDF, ContentType.JPEG, ContentType.PNG, ContentType.DICOM})
+# A rights-request answer: the export archive, or a letter.
+ANSWER_TYPES = frozenset({ContentType.ZIP, ContentType.PDF})
+ZIP_MAGIC = b"PK\x03\x04"
+# An archive the platform produced lists far fewer entries; more is refused unread.
+MAX_ZIP_ENTRIES = 100_000
 
 
 # Executable or archive signatures refused in a DICOM preamble (polyglot files).
@@ -36,6 +48,8 @@ def sniff(head: bytes) -> ContentType | None:
         return ContentType.PNG
     if len(head) >= SNIFF_BYTES and head[128:132] == b"DICM":
         return ContentType.DICOM
+    if head.startswith(ZIP_MAGIC):
+        return ContentType.ZIP
     return None
 
 
@@ -131,10 +145,43 @@ def check_image(path: Path) -> None:
         raise InvalidArgument("the image does not decode") from None
 
 
+def check_zip(path: Path) -> None:
+    """The central directory lists cleanly; entry names are bare relative paths (nothing
+    that would write outside a folder when unpacked); no entry is encrypted (its content
+    could not be scanned)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, Exception):  # untrusted input: any parser failure refuses it
+        raise InvalidArgument("the zip archive is malformed") from None
+    if not entries:
+        raise InvalidArgument("the zip archive is empty")
+    if len(entries) > MAX_ZIP_ENTRIES:
+        raise InvalidArgument(f"the zip archive lists more than {MAX_ZIP_ENTRIES} entries")
+    for entry in entries:
+        name = entry.filename
+        parts = name.split("/")
+        if (
+            not name
+            or name.startswith("/")
+            or "\\" in name
+            or ":" in name
+            or ".." in parts
+            or not name.isprintable()
+        ):
+            raise InvalidArgument("the zip archive has an entry name with path tricks")
+        if entry.flag_bits & 0x1:
+            raise InvalidArgument("encrypted zip entries are refused: their content cannot be checked")
+
+
 def check_structure(content_type: ContentType, path: Path) -> None:
     if content_type is ContentType.PDF:
         check_pdf(path)
     elif content_type is ContentType.DICOM:
         check_dicom(path)
+    elif content_type is ContentType.ZIP:
+        check_zip(path)
     else:
         check_image(path)

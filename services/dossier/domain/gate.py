@@ -1,5 +1,6 @@
-"""Every access to a case goes through the gate: access rules, then the access log in the
-same transaction as the work, and a logged refusal when the rules say no."""
+"""Every access to a case goes through the gate: access rules, then the access log (in the
+same transaction as a write; through the group commit, before any data leaves, for a
+read), and a logged refusal when the rules say no."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dossier.domain import accesslog
 from services.dossier.domain.access import AccessPolicy, AccessRefused, CaseAccess, Need, resolve
-from services.dossier.domain.accesslog import Action, ObjectKind, Purpose
+from services.dossier.domain.accesslog import Action, ObjectKind, PendingEntry, Purpose, ReadLog
 from services.dossier.domain.subjectkeys import SubjectKeys
 from services.dossier.models import IdempotencyRecord
 from services.shared.auth import Principal, Role
@@ -36,6 +37,21 @@ class ProcessingRestricted(FailedPrecondition):
         super().__init__("processing of this medical file is restricted at the person's request")
 
 
+class Reads:
+    """The read entries of an access, logged together once the reads are done."""
+
+    def __init__(self) -> None:
+        self.entries: list[PendingEntry] = []
+
+    def add(self, access: CaseAccess, kind: ObjectKind, object_id: str) -> None:
+        self.entries.append(
+            accesslog.pending(
+                actor=access.principal, action=Action.READ, object_kind=kind, object_id=object_id,
+                case=access.case, purpose=access.purpose,
+            )
+        )  # fmt: skip
+
+
 class Gate:
     def __init__(
         self, sessions: async_sessionmaker[AsyncSession], policy: AccessPolicy, keys: SubjectKeys
@@ -43,6 +59,7 @@ class Gate:
         self.sessions = sessions
         self.policy = policy
         self.keys = keys
+        self.read_log = ReadLog(sessions)
 
     async def resolve(
         self, session: AsyncSession, principal: Principal, case_id: str, need: Need
@@ -90,6 +107,27 @@ class Gate:
         except AccessRefused as refused:
             await self.log_refusal(principal, refused)
             raise
+
+    @asynccontextmanager
+    async def read(
+        self, principal: Principal, case_id: str
+    ) -> AsyncIterator[tuple[AsyncSession, CaseAccess, Reads]]:
+        """A read of the case: the rules and the reads in one transaction that writes
+        nothing, then the body's read entries through the group commit. The caller returns
+        its data after this block, so only once they are committed (no log, no data)."""
+        reads = Reads()
+        try:
+            async with self.sessions.begin() as session:
+                access = await self.resolve(session, principal, case_id, Need.READ)
+                yield session, access, reads
+        except AccessRefused as refused:
+            await self.log_refusal(principal, refused)
+            raise
+        await self.log_reads(reads)
+
+    async def log_reads(self, reads: Reads) -> None:
+        """Append read entries (group commit); AccessLogUnavailable when they cannot be."""
+        await self.read_log.append(reads.entries)
 
     async def check(self, principal: Principal, case_id: str, need: Need) -> str:
         """Refuse early (before reading a stream, for instance); logs nothing on success.

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dossier.domain import accesslog, exchanges, forms, reports, sharing
 from services.dossier.domain.accesslog import Action, ObjectKind, Purpose
@@ -71,6 +71,43 @@ async def subject_cases(
     elif archived is False:
         query = query.where(Case.archived_at.is_(None))
     return list((await session.scalars(query.order_by(Case.created_at, Case.case_id))).all())
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectCase:
+    """A live case of a subject as the lifecycle worker sees it: its status, unless its
+    processing is restricted (GDPR-04: then not read, None)."""
+
+    case_id: str
+    status: CaseStatus | None
+    restricted: bool
+
+
+async def list_subject_cases(
+    sessions: async_sessionmaker[AsyncSession], read_log: accesslog.ReadLog, actor: Principal, subject_id: str
+) -> list[SubjectCase]:
+    """The subject's live cases (archived ones are out of reach, RET-07), oldest first, for
+    the platform deciding whether an erasure can run. One read entry for the listing (the
+    subject as object id), committed through the group commit before anything is returned."""
+    async with sessions() as session:
+        cases = await subject_cases(session, subject_id, archived=False)
+        listed = [
+            SubjectCase(
+                c.case_id,
+                None if c.restricted_at is not None else CaseStatus(c.status),
+                c.restricted_at is not None,
+            )
+            for c in cases
+        ]
+    await read_log.append(
+        [
+            accesslog.pending(
+                actor=actor, action=Action.READ, object_kind=ObjectKind.CASE, object_id=subject_id,
+                case=None, purpose=Purpose.PLATFORM_PROCESSING, subject_account_id=subject_id,
+            )
+        ]
+    )  # fmt: skip
+    return listed
 
 
 def _subject_documents(subject_id: str, case_ids: Sequence[str]) -> Any:

@@ -20,12 +20,10 @@ from services.gateway.dependencies import ts_or_none
 from services.gateway.web import jsonforms
 from services.gateway.web.page import ClientsDep, Page, PageDep, fmt_date, new_key
 from services.gateway.web.patient import (
-    FORM_KINDS,
     _is_missing,
-    _optional,
     case_view,
     documents_view,
-    get_case,
+    get_overview,
     messages_view,
     stream_upload,
 )
@@ -38,7 +36,7 @@ Csrf = Annotated[str, Form()]
 
 def require_doctor(p: Page) -> Caller | Response:
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     if p.caller.role != "referent_doctor":
         return p.redirect(p.role_home())
     return p.onboarding() or p.caller
@@ -87,11 +85,9 @@ async def answer_offer(
     reason: Annotated[str, Form(max_length=40)] = "unavailable",
     csrf_token: Csrf = "",
 ) -> Response:
-    caller = require_doctor(p)
+    caller = p.posted_by(require_doctor(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     try:
         if answer == "accept":
             accepted = await clients.matching.AcceptOffer(
@@ -121,26 +117,16 @@ async def answer_offer(
     return p.redirect("/doctor?answered=" + answer)
 
 
-async def _answers_view(
-    clients: ServiceClients, caller: Caller, case: Any, kind: str
-) -> dict[str, Any] | None:
-    found = await _optional(
-        clients.dossier.GetFormAnswers(
-            dossier_pb2.GetFormAnswersRequest(case_id=case.case_id, kind=FORM_KINDS[kind]),
-            metadata=caller.metadata,
-        )
-    )
-    if not found:
+def _answers_view(form: dossier_pb2.CaseFormOverview) -> dict[str, Any] | None:
+    """A form as the doctor reads it: the latest submitted answers laid out by the form's
+    current definition (both come with the case overview)."""
+    if not form.HasField("answers") or not form.HasField("definition"):
         return None
-    definition = await clients.dossier.GetFormDefinition(
-        dossier_pb2.GetFormDefinitionRequest(kind=FORM_KINDS[kind], therapeutic_area=case.therapeutic_area),
-        metadata=caller.metadata,
-    )
     title, groups = jsonforms.layout(
-        definition.definition.definition_json, json.loads(found.answers.answers_json or "{}")
+        form.definition.definition_json, json.loads(form.answers.answers_json or "{}")
     )
-    return {"title": title, "groups": groups, "version": found.answers.version,
-            "under_mandate": found.answers.entered_under_mandate}  # fmt: skip
+    return {"title": title, "groups": groups, "version": form.answers.version,
+            "under_mandate": form.answers.entered_under_mandate}  # fmt: skip
 
 
 @router.get("/doctor/cases/{case_id}", response_class=HTMLResponse)
@@ -149,37 +135,21 @@ async def doctor_case(case_id: str, p: PageDep, clients: ClientsDep) -> Response
     if isinstance(caller, Response):
         return caller
     try:
-        case = await get_case(clients, caller, case_id)
+        # One dossier call, logged as one read: the file, the forms' answers, the draft.
+        found = await get_overview(clients, caller, case_id, form_answers=True)
     except grpc.aio.AioRpcError as error:
         return p.not_found() if _is_missing(error) else p.service_error(error)
-    md = caller.metadata
-    pre, patho, documents, messages, reports, notes = await asyncio.gather(
-        _answers_view(clients, caller, case, "pre_form"),
-        _answers_view(clients, caller, case, "pathology"),
-        clients.dossier.ListDocuments(dossier_pb2.ListDocumentsRequest(case_id=case_id), metadata=md),
-        clients.dossier.ListMessages(dossier_pb2.ListMessagesRequest(case_id=case_id), metadata=md),
-        clients.dossier.ListCaseReports(dossier_pb2.ListCaseReportsRequest(case_id=case_id), metadata=md),
-        _optional(
-            clients.dossier.GetCaseNotes(dossier_pb2.GetCaseNotesRequest(case_id=case_id), metadata=md)
-        ),
-    )
-    mine = [r for r in reports.reports if r.author_account_id == caller.account_id]
+    mine = [r for r in found.reports if r.author_account_id == caller.account_id]
     draft = next((r for r in mine if r.status == dossier_pb2.REPORT_STATUS_DRAFT), None)
-    draft_body = ""
-    if draft is not None:
-        full = await clients.dossier.GetReport(
-            dossier_pb2.GetReportRequest(report_id=draft.report_id), metadata=md
-        )
-        draft_body = full.report.body
     return p.render(
         "doctor_case.html",
-        case=case_view(case),
-        forms=[f for f in (pre, patho) if f],
-        documents=documents_view(documents.documents),
-        messages=messages_view(messages.messages, caller.account_id),
-        notes=notes.notes.text if notes else "",
+        case=case_view(found.case),
+        forms=[f for f in (_answers_view(form) for form in found.forms) if f],
+        documents=documents_view(found.documents),
+        messages=messages_view(found.messages, caller.account_id),
+        notes=found.notes.text,
         draft=draft,
-        draft_body=draft_body,
+        draft_body=draft.body if draft is not None else "",
         sealed=any(r.status == dossier_pb2.REPORT_STATUS_SEALED for r in mine),
         message_key=new_key(),
         max_upload_bytes=p.request.app.state.settings.max_upload_bytes,
@@ -199,11 +169,9 @@ async def doctor_message(
 ) -> Response:
     """CASE-06: the doctor writes, or asks for more information or a new document; a
     request pauses the review clock (the workflow is told)."""
-    caller = require_doctor(p)
+    caller = p.posted_by(require_doctor(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     try:
         sent = await clients.dossier.SendMessage(
             dossier_pb2.SendMessageRequest(
@@ -233,11 +201,9 @@ async def flag_document(
     reason: Annotated[str, Form(pattern="^(unreadable|incomplete)$")],
     csrf_token: Csrf = "",
 ) -> Response:
-    caller = require_doctor(p)
+    caller = p.posted_by(require_doctor(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     try:
         await clients.dossier.FlagDocument(
             dossier_pb2.FlagDocumentRequest(
@@ -302,11 +268,9 @@ async def save_report(
 ) -> Response:
     """DOC-04: the draft is saved in the dossier; submitting asks the workflow, which seals
     and delivers it once its checks pass."""
-    caller = require_doctor(p)
+    caller = p.posted_by(require_doctor(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     try:
         saved = await clients.dossier.SaveReportDraft(
             dossier_pb2.SaveReportDraftRequest(

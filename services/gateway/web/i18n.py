@@ -49,8 +49,8 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "bad_code": {"fr": "Code incorrect ou expiré.", "en": "Incorrect or expired code."},
     "locked": {
-        "fr": "Compte bloqué après trop d'essais. Consultez vos e-mails pour le débloquer.",
-        "en": "Account locked after too many attempts. Check your emails to unlock it.",
+        "fr": "Compte bloqué (trop d'essais, ou identifiants déclarés perdus ou volés). Pour le débloquer, choisissez un nouveau mot de passe : « Mot de passe oublié ? ».",
+        "en": 'Account blocked (too many attempts, or credentials declared lost or stolen). To unblock it, choose a new password: "Forgot your password?".',
     },
     "too_many": {
         "fr": "Trop de tentatives. Réessayez dans {seconds} secondes.",
@@ -610,3 +610,600 @@ def translator(locale: str) -> Callable[..., str]:
         return text.format(**values) if values else text
 
     return translate
+
+
+# --- data-subject rights: "Mes données" and the DPO's desk (issue 10, PC §14) -----------------
+MESSAGES.update(
+    {
+        "rights_my_data": {"fr": "Mes données", "en": "My data"},
+        "rights_intro": {
+            "fr": "Vous pouvez accéder à vos données, les faire rectifier, effacer ou limiter, les récupérer dans un format lisible par une machine, vous opposer à un traitement, définir des directives sur leur sort après votre décès ou désigner un médecin qui y accédera pour vous. Le délégué à la protection des données vous répond dans un délai d'un mois, qui peut être prolongé de deux mois au plus ; vous en êtes alors informé(e).",
+            "en": "You can access your data, have it rectified, erased or restricted, receive it in a machine-readable format, object to a processing, set directives for what happens to it after your death, or name a doctor who accesses it for you. The data protection officer answers within one month, which can be extended by two months at most; you are then told.",
+        },
+        "rights_representative_hint": {
+            "fr": "Représentant légal d'un enfant ou d'un majeur protégé : vos demandes portent sur votre compte et sur les personnes pour qui vous déposez ; précisez dans la demande la personne concernée.",
+            "en": "Legal representative of a child or a protected adult: your requests cover your account and the people you file for; say in the request which person it is about.",
+        },
+        "rights_my_requests": {"fr": "Mes demandes d'exercice de droits", "en": "My rights requests"},
+        "rights_no_requests": {"fr": "Vous n'avez fait aucune demande.", "en": "You have made no request."},
+        "rights_right": {"fr": "Droit exercé", "en": "Right exercised"},
+        "rights_received": {"fr": "Reçue le", "en": "Received on"},
+        "rights_answer_due": {"fr": "Réponse attendue au plus tard le", "en": "Answer due by"},
+        "rights_answer": {"fr": "Réponse", "en": "Answer"},
+        "rights_extended_by": {"fr": "prolongé de {n} mois", "en": "extended by {n} month(s)"},
+        "rights_extension": {"fr": "Prolongation", "en": "Extension"},
+        "rights_extended_on": {
+            "fr": "délai prolongé de {n} mois le {date}",
+            "en": "deadline extended by {n} month(s) on {date}",
+        },
+        "rights_new_request": {"fr": "Faire une demande", "en": "Make a request"},
+        "rights_which_right": {
+            "fr": "Quel droit souhaitez-vous exercer ?",
+            "en": "Which right do you wish to exercise?",
+        },
+        "rights_details": {"fr": "Votre demande", "en": "Your request"},
+        "rights_details_hint": {
+            "fr": "Facultatif. Par exemple : les informations à rectifier, le traitement auquel vous vous opposez, vos directives. N'indiquez pas d'informations médicales inutiles.",
+            "en": "Optional. For example: the information to correct, the processing you object to, your directives. Do not add medical information that is not needed.",
+        },
+        "rights_designated_doctor": {"fr": "Médecin désigné", "en": "Named doctor"},
+        "rights_designated_doctor_hint": {
+            "fr": "Uniquement pour désigner un médecin qui accédera à vos données de santé pour vous : son nom et son numéro RPPS (11 chiffres).",
+            "en": "Only to name a doctor who will access your health data for you: their name and RPPS number (11 digits).",
+        },
+        "rights_doctor_name": {"fr": "Nom du médecin", "en": "Doctor's name"},
+        "rights_doctor_rpps": {"fr": "Numéro RPPS du médecin", "en": "Doctor's RPPS number"},
+        "rights_doctor_needed": {
+            "fr": "indiquez le nom et le numéro RPPS du médecin désigné.",
+            "en": "give the name and RPPS number of the doctor you name.",
+        },
+        "rights_recorded_as": {
+            "fr": "Votre demande est enregistrée comme faite depuis votre espace, votre identité étant vérifiée par votre connexion.",
+            "en": "Your request is recorded as made from your account, your identity being verified by your login.",
+        },
+        "rights_file": {"fr": "Envoyer la demande au DPO", "en": "Send the request to the DPO"},
+        "rights_filed": {
+            "fr": "Votre demande a été enregistrée. Le délégué à la protection des données vous répondra avant la date indiquée.",
+            "en": "Your request was recorded. The data protection officer will answer before the date shown.",
+        },
+        "rights_choose_kind": {
+            "fr": "choisissez le droit que vous exercez.",
+            "en": "choose the right you exercise.",
+        },
+        "rights_reload_form": {
+            "fr": "rechargez la page et réessayez.",
+            "en": "reload the page and try again.",
+        },
+        "rights_details_too_long": {
+            "fr": "votre texte dépasse {n} caractères.",
+            "en": "your text is longer than {n} characters.",
+        },
+        "rights_erasure_needs_code": {
+            "fr": "Par sécurité, un nouveau code vous est demandé avant une demande d'effacement.",
+            "en": "For your safety, a new code is asked for before an erasure request.",
+        },
+        "rights_erasure_start": {
+            "fr": "Demander l'effacement de mes données",
+            "en": "Ask for my data to be erased",
+        },
+        "rights_erasure_kept": {
+            "fr": "Ce que la loi nous oblige à conserver (factures, preuves de vos consentements, historique des accès) n'est pas effacé mais mis à l'écart jusqu'à la fin de sa durée légale ; la réponse vous le précisera. Une demande en cours d'examen doit être terminée ou annulée avant l'effacement.",
+            "en": "What the law obliges us to keep (invoices, evidence of your consents, the access history) is not erased but set aside until its legal period ends; the answer tells you so. A request under review must be completed or cancelled before the erasure.",
+        },
+        "rights_erasure_reason": {"fr": "Motif de votre demande", "en": "Reason for your request"},
+        "rights_erasure_reason_hint": {
+            "fr": "Facultatif. Par exemple : les données ne sont plus nécessaires, vous retirez votre consentement.",
+            "en": "Optional. For example: the data is no longer needed, you withdraw your consent.",
+        },
+        "rights_erasure_confirm": {
+            "fr": "Je demande l'effacement de mes données et j'ai compris ce qui est conservé",
+            "en": "I ask for my data to be erased and I understand what is kept",
+        },
+        "rights_erasure_file": {"fr": "Envoyer la demande d'effacement", "en": "Send the erasure request"},
+        "rights_other_channels": {
+            "fr": "Autres moyens de faire une demande",
+            "en": "Other ways to make a request",
+        },
+        "rights_other_channels_text": {
+            "fr": "Vous pouvez aussi écrire au délégué à la protection des données (privacy@carians.fr, ou CARIANS - deuxiemeavis.fr, 1 boulevard Pasteur 75015 Paris), passer par le médecin référent qui vous a rendu un avis, ou par l'hébergeur de données de santé (dpo@synten.com). Vous pouvez également saisir la CNIL.",
+            "en": "You can also write to the data protection officer (privacy@carians.fr, or CARIANS - deuxiemeavis.fr, 1 boulevard Pasteur 75015 Paris), go through the referent doctor who gave you an opinion, or through the health-data host (dpo@synten.com). You can also refer the matter to the CNIL.",
+        },
+        "rights_channel": {"fr": "Reçue par", "en": "Received through"},
+        "rights_verification": {"fr": "Identité vérifiée par", "en": "Identity verified by"},
+        "rights_not_answered": {
+            "fr": "Pas encore de réponse. Elle vous sera donnée au plus tard le {date}.",
+            "en": "No answer yet. It will be given by {date} at the latest.",
+        },
+        "rights_answer_document": {"fr": "Lire la réponse", "en": "Read the answer"},
+        "rights_export_not_online": {
+            "fr": "Le téléchargement en ligne de l'archive de vos données n'est pas encore disponible : le délégué à la protection des données vous la transmet.",
+            "en": "Downloading the archive of your data online is not available yet: the data protection officer sends it to you.",
+        },
+        "rights_kind_access": {"fr": "Accès à mes données", "en": "Access to my data"},
+        "rights_kind_rectification": {"fr": "Rectification", "en": "Rectification"},
+        "rights_kind_erasure": {"fr": "Effacement", "en": "Erasure"},
+        "rights_kind_restriction": {"fr": "Limitation du traitement", "en": "Restriction of processing"},
+        "rights_kind_portability": {"fr": "Portabilité", "en": "Portability"},
+        "rights_kind_objection": {"fr": "Opposition", "en": "Objection"},
+        "rights_kind_post_mortem_directives": {
+            "fr": "Directives après mon décès",
+            "en": "Directives after my death",
+        },
+        "rights_kind_designate_doctor_for_indirect_access": {
+            "fr": "Désigner un médecin pour accéder à mes données",
+            "en": "Name a doctor to access my data",
+        },
+        "rights_kind_complaint": {"fr": "Réclamation", "en": "Complaint"},
+        "rights_hint_access": {
+            "fr": "Savoir quelles données nous détenons sur vous et en recevoir la liste.",
+            "en": "Know which data we hold about you and receive the list.",
+        },
+        "rights_hint_rectification": {
+            "fr": "Faire corriger des informations inexactes vous concernant.",
+            "en": "Have inaccurate information about you corrected.",
+        },
+        "rights_hint_erasure": {
+            "fr": "Faire effacer vos données, pour un motif prévu par la réglementation.",
+            "en": "Have your data erased, for a reason the regulation admits.",
+        },
+        "rights_hint_restriction": {
+            "fr": "Faire limiter le traitement de vos données, pour un motif prévu par la réglementation.",
+            "en": "Have the processing of your data restricted, for a reason the regulation admits.",
+        },
+        "rights_hint_portability": {
+            "fr": "Récupérer les données que vous nous avez fournies dans un format lisible par une machine.",
+            "en": "Receive the data you gave us in a machine-readable format.",
+        },
+        "rights_hint_objection": {
+            "fr": "Vous opposer à un traitement de vos données.",
+            "en": "Object to a processing of your data.",
+        },
+        "rights_hint_post_mortem_directives": {
+            "fr": "Définir le sort de vos données après votre décès.",
+            "en": "Decide what happens to your data after your death.",
+        },
+        "rights_hint_designate_doctor_for_indirect_access": {
+            "fr": "Un médecin de votre choix accède à vos données de santé pour vous (indiquez-le ci-dessous).",
+            "en": "A doctor of your choice accesses your health data for you (name them below).",
+        },
+        "rights_hint_complaint": {
+            "fr": "Signaler un problème concernant vos données au délégué à la protection des données.",
+            "en": "Report a problem about your data to the data protection officer.",
+        },
+        "rights_status_received": {"fr": "Reçue", "en": "Received"},
+        "rights_status_in_progress": {"fr": "En cours de traitement", "en": "Being handled"},
+        "rights_status_extended": {"fr": "Délai prolongé", "en": "Deadline extended"},
+        "rights_status_answered": {"fr": "Répondue", "en": "Answered"},
+        "rights_status_postponed": {
+            "fr": "Effacement reporté (demande d'avis en cours)",
+            "en": "Erasure postponed (opinion request in progress)",
+        },
+        "rights_outcome_granted": {"fr": "Demande satisfaite", "en": "Request granted"},
+        "rights_outcome_partially_granted_restricted": {
+            "fr": "Satisfaite en partie (données conservées par obligation légale mises à l'écart)",
+            "en": "Partly granted (data kept by legal obligation set aside)",
+        },
+        "rights_outcome_refused": {"fr": "Demande refusée", "en": "Request refused"},
+        "rights_outcome_identity_not_verified": {
+            "fr": "Identité non vérifiée",
+            "en": "Identity not verified",
+        },
+        "rights_outcome_refused_case_in_progress": {
+            "fr": "Effacement reporté : une demande d'avis est en cours",
+            "en": "Erasure postponed: an opinion request is in progress",
+        },
+        "rights_outcome_text_refused_case_in_progress": {
+            "fr": "Votre dossier est nécessaire tant que votre demande d'avis est en cours. L'effacement sera fait dès qu'elle sera terminée ou annulée, et la réponse mise à jour.",
+            "en": "Your file is needed while your opinion request is in progress. The erasure will be carried out as soon as it is completed or cancelled, and the answer updated.",
+        },
+        "rights_outcome_text_granted": {
+            "fr": "Votre demande a été satisfaite.",
+            "en": "Your request was granted.",
+        },
+        "rights_outcome_text_partially_granted_restricted": {
+            "fr": "Ce que la loi nous oblige à conserver (factures, preuves de consentement) a été mis à l'écart au lieu d'être effacé ; le reste a été traité.",
+            "en": "What the law obliges us to keep (invoices, evidence of consent) was set aside instead of being erased; the rest was handled.",
+        },
+        "rights_outcome_text_refused": {
+            "fr": "Votre demande a été refusée pour un motif prévu par la réglementation. Vous pouvez saisir la CNIL.",
+            "en": "Your request was refused on a ground the regulation admits. You can refer the matter to the CNIL.",
+        },
+        "rights_outcome_text_identity_not_verified": {
+            "fr": "Votre identité n'a pas pu être vérifiée. Vous pouvez refaire la demande depuis votre espace.",
+            "en": "Your identity could not be verified. You can make the request again from your account.",
+        },
+        "rights_channel_portal": {"fr": "votre espace en ligne", "en": "your online account"},
+        "rights_channel_dpo_email": {"fr": "e-mail au DPO", "en": "email to the DPO"},
+        "rights_channel_postal_mail": {"fr": "courrier postal", "en": "postal mail"},
+        "rights_channel_referent_doctor": {"fr": "votre médecin référent", "en": "your referent doctor"},
+        "rights_channel_health_data_host": {
+            "fr": "l'hébergeur de données de santé",
+            "en": "the health-data host",
+        },
+        "rights_verif_authenticated_session": {
+            "fr": "connexion avec mot de passe et code",
+            "en": "login with password and code",
+        },
+        "rights_verif_step_up": {"fr": "nouveau code de sécurité", "en": "a new security code"},
+        "rights_verif_identity_document": {"fr": "pièce d'identité", "en": "identity document"},
+        "rights_verif_referent_doctor_attestation": {
+            "fr": "attestation du médecin référent",
+            "en": "the referent doctor's attestation",
+        },
+        "rights_already_answered": {
+            "fr": "Cette demande a déjà reçu une réponse.",
+            "en": "This request has already been answered.",
+        },
+        "rights_extension_invalid": {
+            "fr": "choisissez une prolongation d'un ou deux mois et son motif.",
+            "en": "choose an extension of one or two months and its reason.",
+        },
+        "rights_outcome_invalid": {"fr": "choisissez la réponse donnée.", "en": "choose the answer given."},
+        "rights_not_fulfillable": {
+            "fr": "Ce type de demande est traité par le DPO puis sa réponse enregistrée.",
+            "en": "This kind of request is handled by the DPO, then its answer recorded.",
+        },
+        "rights_workflow_unreachable": {
+            "fr": "Le workflow de la demande est injoignable pour le moment : réessayez dans quelques instants.",
+            "en": "The request's workflow cannot be reached right now: try again in a moment.",
+        },
+        "rights_workflow_started_retry": {
+            "fr": "Le workflow de la demande vient d'être démarré : réessayez dans quelques instants.",
+            "en": "The request's workflow was just started: try again in a moment.",
+        },
+        "rights_done_extended": {
+            "fr": "Délai prolongé ; le workflow en informe la personne.",
+            "en": "Deadline extended; the workflow tells the person.",
+        },
+        "rights_done_extended_no_workflow": {
+            "fr": "Délai prolongé dans le registre, mais le workflow est injoignable : la personne n'a pas encore été prévenue.",
+            "en": "Deadline extended in the register, but the workflow cannot be reached: the person has not been told yet.",
+        },
+        "rights_done_answered": {"fr": "Réponse enregistrée.", "en": "Answer recorded."},
+        "rights_done_fulfilling": {
+            "fr": "Traitement lancé : le workflow l'exécute puis enregistre la réponse.",
+            "en": "Started: the workflow carries it out, then records the answer.",
+        },
+        "rights_done_held": {
+            "fr": "Gel légal posé : les durées de conservation sont suspendues.",
+            "en": "Legal hold placed: retention clocks are stopped.",
+        },
+        "rights_done_released": {"fr": "Gel légal levé.", "en": "Legal hold released."},
+        "dpo_desk": {"fr": "Demandes d'exercice de droits", "en": "Rights requests"},
+        "dpo_open_requests": {"fr": "Demandes ouvertes, par échéance", "en": "Open requests, by deadline"},
+        "dpo_counts": {
+            "fr": "{total} demande(s) ouverte(s), dont {overdue} en retard et {at_risk} à échéance sous 7 jours.",
+            "en": "{total} open request(s): {overdue} overdue, {at_risk} due within 7 days.",
+        },
+        "dpo_flag": {"fr": "Alerte", "en": "Flag"},
+        "dpo_overdue": {"fr": "En retard", "en": "Overdue"},
+        "dpo_at_risk": {"fr": "Échéance proche", "en": "Due soon"},
+        "dpo_legal_holds": {"fr": "Gels légaux", "en": "Legal holds"},
+        "dpo_legal_holds_hint": {
+            "fr": "Tant qu'un gel est en vigueur, aucune donnée de la personne n'est archivée ni purgée.",
+            "en": "While a hold is in force, none of the person's data is archived or purged.",
+        },
+        "dpo_subject": {"fr": "Personne concernée", "en": "Data subject"},
+        "dpo_subject_id": {"fr": "Identifiant de la personne concernée", "en": "Data subject id"},
+        "dpo_hold_reason": {"fr": "Motif du gel", "en": "Reason for the hold"},
+        "dpo_reference": {"fr": "Référence externe", "en": "External reference"},
+        "dpo_reference_hint": {
+            "fr": "Numéro de procédure ou d'enquête ; aucune donnée personnelle.",
+            "en": "Docket or inquiry number; no personal data.",
+        },
+        "dpo_placed_at": {"fr": "Posé le", "en": "Placed on"},
+        "dpo_action": {"fr": "Action", "en": "Action"},
+        "dpo_release": {"fr": "Lever le gel", "en": "Release the hold"},
+        "dpo_released_on": {"fr": "levé le {date}", "en": "released on {date}"},
+        "dpo_place_hold": {"fr": "Poser un gel légal", "en": "Place a legal hold"},
+        "dpo_fulfil": {"fr": "Exécuter la demande", "en": "Carry out the request"},
+        "dpo_fulfil_access": {
+            "fr": "Produit l'export FHIR R4 des données de la personne et son résumé lisible, puis enregistre la réponse.",
+            "en": "Produces the FHIR R4 export of the person's data and its readable summary, then records the answer.",
+        },
+        "dpo_fulfil_portability": {
+            "fr": "Produit l'export FHIR R4 des données fournies par la personne, puis enregistre la réponse.",
+            "en": "Produces the FHIR R4 export of the data the person provided, then records the answer.",
+        },
+        "dpo_fulfil_erasure": {
+            "fr": "Met à l'écart ce que la loi impose de garder, efface le reste dans chaque service, puis enregistre la réponse.",
+            "en": "Sets aside what the law requires to keep, erases the rest in every service, then records the answer.",
+        },
+        "dpo_fulfil_restriction": {
+            "fr": "Limite le traitement des données de la personne dans chaque service, puis enregistre la réponse.",
+            "en": "Restricts the processing of the person's data in every service, then records the answer.",
+        },
+        "dpo_fulfil_button": {"fr": "Lancer le traitement", "en": "Start"},
+        "dpo_outcome": {"fr": "Réponse donnée", "en": "Answer given"},
+        "dpo_record_answer": {"fr": "Enregistrer la réponse", "en": "Record the answer"},
+        "dpo_answer_document": {
+            "fr": "Document de réponse (identifiant, facultatif)",
+            "en": "Answer document (id, optional)",
+        },
+        "dpo_answer_document_hint": {
+            "fr": "L'identifiant du document de réponse déposé au dossier, s'il y en a un.",
+            "en": "The id of the answer document filed in the dossier, if there is one.",
+        },
+        "dpo_extend": {"fr": "Prolonger le délai", "en": "Extend the deadline"},
+        "dpo_extend_hint": {
+            "fr": "Deux mois au plus au total ; la personne est informée de la nouvelle échéance et du motif.",
+            "en": "Two months at most in total; the person is told of the new deadline and the reason.",
+        },
+        "dpo_extend_months": {"fr": "Durée", "en": "Length"},
+        "dpo_months": {"fr": "{n} mois", "en": "{n} month(s)"},
+        "dpo_extend_reason": {"fr": "Motif", "en": "Reason"},
+        "extension_reason_complexity": {"fr": "Complexité de la demande", "en": "Complexity of the request"},
+        "extension_reason_number_of_requests": {
+            "fr": "Nombre de demandes reçues",
+            "en": "Number of requests received",
+        },
+        "hold_reason_litigation": {"fr": "Contentieux", "en": "Litigation"},
+        "hold_reason_judicial_request": {"fr": "Réquisition judiciaire", "en": "Judicial request"},
+        "hold_reason_regulator_inquiry": {"fr": "Contrôle de la CNIL", "en": "Supervisory authority inquiry"},
+        "hold_reason_indemnity_dispute": {"fr": "Litige d'indemnisation", "en": "Indemnity dispute"},
+        "hold_invalid": {
+            "fr": "indiquez la personne concernée et le motif du gel.",
+            "en": "give the data subject and the reason for the hold.",
+        },
+        "hold_subject_not_found": {"fr": "Personne concernée introuvable.", "en": "Data subject not found."},
+    }
+)
+
+# Issue 10: the person downloads the archive answering their access or portability request.
+MESSAGES.update(
+    {
+        "rights_export_download": {
+            "fr": "Télécharger l'archive de mes données (zip)",
+            "en": "Download the archive of my data (zip)",
+        },
+        "rights_export_contents": {
+            "fr": "Elle contient vos données au format FHIR R4 (JSON, lisible par une machine), un résumé lisible et vos documents.",
+            "en": "It holds your data as FHIR R4 (JSON, machine-readable), a readable summary and your documents.",
+        },
+        "rights_export_step_up": {
+            "fr": "Un nouveau code de sécurité vous sera demandé.",
+            "en": "You will be asked for a new security code.",
+        },
+        "rights_export_ask_dpo": {
+            "fr": "Cette réponse a été donnée avant que l'archive de vos données ne soit téléchargeable ici : le délégué à la protection des données vous la transmet sur demande.",
+            "en": "This answer was given before the archive of your data could be downloaded here: the data protection officer sends it to you on request.",
+        },
+        "rights_export_not_ready": {
+            "fr": "L'archive de vos données est en cours de vérification antivirus. Réessayez dans quelques minutes.",
+            "en": "The archive of your data is being checked for malware. Try again in a few minutes.",
+        },
+        "rights_answer_available": {"fr": "réponse à télécharger", "en": "answer to download"},
+    }
+)
+
+# "Mon compte": changing the email or the mobile phone (ACC-06), each confirmed by a code sent to it.
+MESSAGES.update(
+    {
+        "contact_title": {"fr": "Adresse e-mail et téléphone", "en": "Email address and phone"},
+        "contact_account_text": {
+            "fr": "Votre adresse e-mail sert à vous connecter ; les codes de connexion sont envoyés par SMS à votre téléphone mobile.",
+            "en": "Your email address is your login; login codes are sent by SMS to your mobile phone.",
+        },
+        "contact_change_link": {
+            "fr": "Modifier mon adresse e-mail ou mon téléphone",
+            "en": "Change my email address or phone",
+        },
+        "contact_phone_on_file": {"fr": "Téléphone mobile", "en": "Mobile phone"},
+        "contact_step_up_text": {
+            "fr": "Pour protéger votre compte, nous vous envoyons d'abord un code sur votre téléphone actuel.",
+            "en": "To protect your account, we first send a code to your current phone.",
+        },
+        "contact_step_up_needed": {
+            "fr": "Un nouveau code de sécurité est nécessaire avant cette modification.",
+            "en": "A new security code is needed before this change.",
+        },
+        "contact_new_email": {"fr": "Nouvelle adresse e-mail", "en": "New email address"},
+        "contact_email_hint": {
+            "fr": "Un code vous sera envoyé à cette adresse ; elle ne remplace votre identifiant de connexion qu'une fois le code saisi. L'ancienne et la nouvelle adresse sont alors prévenues.",
+            "en": "A code will be sent to this address; it replaces your login only once the code is entered. The old and the new address are then told.",
+        },
+        "contact_change_email": {
+            "fr": "Envoyer un code à cette adresse",
+            "en": "Send a code to this address",
+        },
+        "contact_email_code_sent": {
+            "fr": "Un code à 6 chiffres a été envoyé à {email}. Ce n'est pas la bonne adresse ? Annulez et recommencez.",
+            "en": "A 6-digit code was sent to {email}. Not the right address? Cancel and start again.",
+        },
+        "contact_confirm_email_text": {
+            "fr": "Saisissez le code reçu à la nouvelle adresse. D'ici là, votre adresse actuelle reste votre identifiant de connexion.",
+            "en": "Enter the code received at the new address. Until then, your current address stays your login.",
+        },
+        "contact_new_email_code": {
+            "fr": "Code reçu à la nouvelle adresse e-mail",
+            "en": "Code received at the new email address",
+        },
+        "contact_email_same": {
+            "fr": "C'est déjà l'adresse e-mail enregistrée.",
+            "en": "This is already the email address on file.",
+        },
+        "contact_too_many_email_codes": {
+            "fr": "Trop de codes envoyés à de nouvelles adresses. Réessayez dans une heure.",
+            "en": "Too many codes sent to new addresses. Try again in an hour.",
+        },
+        "contact_new_phone": {"fr": "Nouveau téléphone mobile", "en": "New mobile phone"},
+        "contact_phone_hint": {
+            "fr": "Un code vous sera envoyé par SMS à ce numéro ; il ne remplace l'ancien qu'une fois le code saisi.",
+            "en": "A code will be sent by SMS to this number; it replaces the old one only once the code is entered.",
+        },
+        "contact_change_phone": {"fr": "Envoyer un code à ce numéro", "en": "Send a code to this number"},
+        "contact_confirm_text": {
+            "fr": "Saisissez le code reçu sur le nouveau numéro. D'ici là, votre ancien numéro reste utilisé.",
+            "en": "Enter the code received on the new number. Until then, your old number stays in use.",
+        },
+        "contact_new_phone_code": {
+            "fr": "Code reçu sur le nouveau numéro",
+            "en": "Code received on the new number",
+        },
+        "contact_cancel": {"fr": "Annuler ce changement", "en": "Cancel this change"},
+        "contact_email_invalid": {"fr": "Adresse e-mail non valide.", "en": "Invalid email address."},
+        "contact_email_taken": {
+            "fr": "Cette adresse e-mail est déjà utilisée par un autre compte.",
+            "en": "This email address is already used by another account.",
+        },
+        "contact_phone_invalid": {
+            "fr": "Numéro non valide : indiquez un numéro de téléphone mobile (les codes sont envoyés par SMS).",
+            "en": "Invalid number: give a mobile phone number (codes are sent by SMS).",
+        },
+        "contact_phone_same": {
+            "fr": "C'est déjà le numéro enregistré.",
+            "en": "This is already the number on file.",
+        },
+        "contact_too_many_codes": {
+            "fr": "Trop de codes envoyés à de nouveaux numéros. Réessayez dans une heure.",
+            "en": "Too many codes sent to new numbers. Try again in an hour.",
+        },
+        "contact_start_again": {
+            "fr": "Ce code a expiré ou a été trop souvent mal saisi : recommencez.",
+            "en": "This code expired or was mistyped too often: start again.",
+        },
+        "contact_email_changed": {
+            "fr": "Votre adresse e-mail a été modifiée. Un message a été envoyé à l'ancienne et à la nouvelle adresse.",
+            "en": "Your email address was changed. A message was sent to the old and the new address.",
+        },
+        "contact_phone_changed": {
+            "fr": "Votre numéro de téléphone a été modifié. Les prochains codes seront envoyés au nouveau numéro.",
+            "en": "Your phone number was changed. The next codes will be sent to the new number.",
+        },
+    }
+)
+
+# --- lost, stolen or forgotten credentials (ACC-08) and invitations (ACC-15) -----------------
+MESSAGES.update(
+    {
+        "forgot_password": {"fr": "Mot de passe oublié ?", "en": "Forgot your password?"},
+        "pwreset_title": {"fr": "Réinitialiser mon mot de passe", "en": "Reset my password"},
+        "pwreset_intro": {
+            "fr": "Indiquez l'adresse e-mail de votre compte : nous vous enverrons un lien pour choisir un nouveau mot de passe. Un code vous sera ensuite envoyé par SMS au téléphone mobile enregistré.",
+            "en": "Enter your account's email address: we will send you a link to choose a new password. A code will then be sent by SMS to the mobile phone on file.",
+        },
+        "pwreset_unblocks": {
+            "fr": "Votre compte est bloqué (trop d'essais, ou identifiants déclarés perdus ou volés) ? Cette procédure le débloque.",
+            "en": "Is your account blocked (too many attempts, or credentials declared lost or stolen)? This procedure unblocks it.",
+        },
+        "pwreset_send_link": {"fr": "Recevoir le lien", "en": "Send me the link"},
+        "pwreset_back_to_login": {"fr": "Retour à la connexion", "en": "Back to log in"},
+        "pwreset_sent_title": {"fr": "Consultez vos e-mails", "en": "Check your emails"},
+        "pwreset_sent": {
+            "fr": "Si un compte existe pour cette adresse, un e-mail contenant un lien de réinitialisation est en route. Le lien est valable {minutes} minutes et ne sert qu'une fois.",
+            "en": "If an account exists for this address, an email with a reset link is on its way. The link is valid for {minutes} minutes and works once.",
+        },
+        "pwreset_sent_next": {
+            "fr": "Ouvrez le lien, puis saisissez le code reçu par SMS et votre nouveau mot de passe.",
+            "en": "Open the link, then enter the code received by SMS and your new password.",
+        },
+        "pwreset_sent_nothing": {
+            "fr": "Rien reçu ? Vérifiez vos courriers indésirables et l'adresse saisie, puis refaites une demande dans quelques minutes.",
+            "en": "Nothing received? Check your spam folder and the address you typed, then ask again in a few minutes.",
+        },
+        "pwreset_new_title": {"fr": "Choisir un nouveau mot de passe", "en": "Choose a new password"},
+        "pwreset_send_code_text": {
+            "fr": "Pour vérifier qu'il s'agit bien de vous, nous envoyons un code à 6 chiffres par SMS au téléphone mobile enregistré sur votre compte.",
+            "en": "To check that it is you, we send a 6-digit code by SMS to the mobile phone on file for your account.",
+        },
+        "pwreset_send_code": {"fr": "Recevoir le code par SMS", "en": "Send me the code by SMS"},
+        "pwreset_code_text": {
+            "fr": "Saisissez-le avec votre nouveau mot de passe.",
+            "en": "Enter it with your new password.",
+        },
+        "pwreset_submit": {"fr": "Enregistrer le nouveau mot de passe", "en": "Save the new password"},
+        "pwreset_no_code": {
+            "fr": "Le code n'arrive pas ou a expiré ?",
+            "en": "The code does not arrive or has expired?",
+        },
+        "pwreset_ask_again": {"fr": "Demander un nouveau lien", "en": "Ask for a new link"},
+        "pwreset_start": {"fr": "Réinitialiser mon mot de passe", "en": "Reset my password"},
+        "pwreset_done": {
+            "fr": "Votre mot de passe a été changé et votre compte est débloqué. Vous pouvez vous connecter.",
+            "en": "Your password was changed and your account is unblocked. You can log in.",
+        },
+        "pwreset_link_invalid": {
+            "fr": "Ce lien de réinitialisation n'est plus valable (expiré, déjà utilisé ou incomplet). Demandez-en un nouveau ci-dessous.",
+            "en": "This reset link is no longer valid (expired, already used or incomplete). Ask for a new one below.",
+        },
+        "pwreset_ended": {
+            "fr": "Cette réinitialisation a expiré ou est terminée. Demandez un nouveau lien ci-dessous.",
+            "en": "This reset has expired or is over. Ask for a new link below.",
+        },
+        "pwreset_code_format": {
+            "fr": "Le code comporte exactement 6 chiffres.",
+            "en": "The code has exactly 6 digits.",
+        },
+        "pw_rule_length": {
+            "fr": "Le mot de passe doit compter de 8 à 25 caractères.",
+            "en": "The password must be 8 to 25 characters long.",
+        },
+        "pw_rule_classes": {
+            "fr": "Le mot de passe doit contenir des majuscules, des minuscules, et des chiffres et/ou des caractères spéciaux.",
+            "en": "The password needs upper case, lower case, and digits and/or special characters.",
+        },
+        "pw_rule_common": {
+            "fr": "Ce mot de passe est trop courant ou connu à la suite d'une fuite de données : choisissez-en un autre.",
+            "en": "This password is too common or known from a data breach: choose another one.",
+        },
+        "pw_rule_control": {
+            "fr": "Le mot de passe ne doit pas contenir de caractères de contrôle.",
+            "en": "The password must not contain control characters.",
+        },
+        "pw_rule_other": {
+            "fr": "Ce mot de passe n'est pas accepté : choisissez-en un autre.",
+            "en": "This password is not accepted: choose another one.",
+        },
+        "cred_loss_title": {
+            "fr": "J'ai perdu mes identifiants / on me les a volés",
+            "en": "I lost my credentials / they were stolen",
+        },
+        "cred_loss_account_text": {
+            "fr": "Mot de passe ou téléphone perdu, ou quelqu'un d'autre a pu les obtenir ? Bloquez votre compte immédiatement.",
+            "en": "Lost your password or phone, or someone else may have them? Block your account at once.",
+        },
+        "cred_loss_intro": {
+            "fr": "Déclarer la perte ou le vol bloque votre compte immédiatement : toutes vos sessions sont fermées, sur tous vos appareils, et plus personne ne peut se connecter. Vous le débloquerez en choisissant un nouveau mot de passe (lien reçu par e-mail, puis code reçu par SMS).",
+            "en": "Declaring the loss or theft blocks your account at once: every session ends, on all your devices, and nobody can log in any more. You unblock it by choosing a new password (a link received by email, then a code received by SMS).",
+        },
+        "cred_loss_kind": {"fr": "Que s'est-il passé ?", "en": "What happened?"},
+        "cred_loss_kind_loss": {
+            "fr": "Je les ai perdus (mot de passe oublié ailleurs, téléphone perdu…)",
+            "en": "I lost them (password written down somewhere, phone lost…)",
+        },
+        "cred_loss_kind_theft": {
+            "fr": "On me les a volés, ou quelqu'un d'autre les connaît",
+            "en": "They were stolen, or someone else knows them",
+        },
+        "cred_loss_confirm": {
+            "fr": "Je confirme : bloquer mon compte et fermer toutes mes sessions maintenant",
+            "en": "I confirm: block my account and end all my sessions now",
+        },
+        "cred_loss_submit": {"fr": "Bloquer mon compte", "en": "Block my account"},
+        "cred_loss_kind_required": {
+            "fr": "Indiquez ce qui s'est passé : perte ou vol.",
+            "en": "Say what happened: loss or theft.",
+        },
+        "cred_loss_confirm_required": {
+            "fr": "Cochez la case pour confirmer le blocage.",
+            "en": "Tick the box to confirm the block.",
+        },
+        "cred_loss_done_title": {"fr": "Votre compte est bloqué", "en": "Your account is blocked"},
+        "cred_loss_done": {
+            "fr": "Votre déclaration est enregistrée : votre compte est bloqué et toutes vos sessions sont fermées, sur tous vos appareils.",
+            "en": "Your declaration is recorded: your account is blocked and every session has ended, on all your devices.",
+        },
+        "cred_loss_done_next": {
+            "fr": "Pour le débloquer, choisissez un nouveau mot de passe : demandez un lien de réinitialisation par e-mail, puis saisissez le code reçu par SMS.",
+            "en": "To unblock it, choose a new password: ask for a reset link by email, then enter the code received by SMS.",
+        },
+        "signup_invited": {
+            "fr": "Votre médecin vous invite à créer votre compte.",
+            "en": "Your doctor invites you to create your account.",
+        },
+        "signup_invitation_invalid": {
+            "fr": "Ce lien d'invitation n'est plus valable (expiré ou déjà utilisé). Vous pouvez tout de même créer votre compte.",
+            "en": "This invitation link is no longer valid (expired or already used). You can still create your account.",
+        },
+    }
+)

@@ -17,7 +17,15 @@ from secondopinion.dossier.v1 import dossier_pb2
 from secondopinion.identity.v1 import identity_pb2
 
 from services.gateway.clients import Caller, ServiceClients
-from services.gateway.web.page import ClientsDep, Page, PageDep, client_info, http_status, new_key
+from services.gateway.web.page import (
+    NEXT_COOKIE,
+    ClientsDep,
+    Page,
+    PageDep,
+    client_info,
+    http_status,
+    new_key,
+)
 from services.gateway.web.patient import upload_refused
 from services.gateway.web.uploads import BadUpload, ReceivedFile, TooLarge, receive_upload, request_stream
 from services.shared.protoconv import pb_enum_to_code
@@ -45,7 +53,7 @@ CAPACITY_BY_KIND = {
 
 
 def _signed_in(p: Page) -> Caller | Response:
-    return p.caller if p.caller is not None else p.redirect("/login")
+    return p.caller if p.caller is not None else p.to_login()
 
 
 def manual_key(provisioning_uri: str) -> str:
@@ -54,8 +62,9 @@ def manual_key(provisioning_uri: str) -> str:
     return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
 
 
-def _next_page(caller: Caller) -> str:
-    return "/account/password?forced=1" if caller.must_change_password else "/home?login=1"
+def _next_page(p: Page, caller: Caller) -> str:
+    """After a forced step of the first login: the next one, else the page asked for."""
+    return "/account/password?forced=1" if caller.must_change_password else p.after_login()
 
 
 # --- authenticator enrolment (ACC-12) ---------------------------------------------------------
@@ -121,7 +130,7 @@ async def totp_confirm(
         )
     # Shown once, never again: the page is not cached (no-store) and not stored here.
     return p.render(
-        "recovery_codes.html", recovery_codes=list(confirmed.recovery_codes), next_page=_next_page(caller)
+        "recovery_codes.html", recovery_codes=list(confirmed.recovery_codes), next_page=_next_page(p, caller)
     )
 
 
@@ -180,7 +189,9 @@ async def password_change(
             return again(400, p.t("form_error", detail=error.details() or ""))
         return p.service_error(error)
     if caller.must_change_password:
-        return p.redirect("/home?login=1")
+        response = p.redirect(p.after_login())
+        response.delete_cookie(NEXT_COOKIE, path="/")
+        return response
     return p.message(200, notice=p.t("password_changed"))
 
 
@@ -207,7 +218,7 @@ async def list_beneficiaries(clients: ServiceClients, caller: Caller) -> list[di
 
 def _require_patient(p: Page) -> Caller | Response:
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     if p.caller.role != "patient":
         return p.redirect(p.role_home())
     return p.onboarding() or p.caller

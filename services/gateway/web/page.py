@@ -3,6 +3,7 @@ cookies with the right flags, rate limits, and how service statuses become messa
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -27,12 +28,22 @@ COOKIE_CHOICE_MAX_AGE = 13 * 30 * 24 * 3600  # CNS-09: consent choices kept 13 m
 ClientsDep = Annotated[ServiceClients, Depends(get_clients)]
 R = TypeVar("R", bound=Response)
 
+# The page a signed-out person asked for (an email's link), taken up again after login: a
+# path of ids only (no query: it may hold a token), kept in a cookie so that no link can
+# choose where a login ends (no open redirect), for a quarter of an hour.
+NEXT_COOKIE = "so_next"
+NEXT_MAX_AGE = 900
+NEXT_SHAPE = re.compile(r"/(?!/)[A-Za-z0-9/_-]{0,200}")
+# Pages a login never returns to: the login itself and the flows around it.
+NOT_NEXT = ("/login", "/logout", "/signup", "/password-reset", "/step-up", "/home")
+
 # Where each role lands after login.
 HOME_BY_ROLE = {
     "patient": "/dashboard",
     "referent_doctor": "/doctor",
     "coordinator": "/coordination",
     "referring_doctor": "/referrals",
+    "dpo": "/dpo",
 }
 
 
@@ -90,6 +101,8 @@ class Page:
                 "csrf_token": self.csrf_token,
                 "show_cookie_banner": COOKIE_CHOICE not in self.request.cookies,
                 "fmt_date": fmt_date,
+                # The emergency warning greets every login (CASE-07), on whatever page it ends.
+                "just_logged_in": self.request.query_params.get("login") == "1",
                 **context,
             },
             status_code=status,
@@ -101,6 +114,21 @@ class Page:
 
     def redirect(self, url: str) -> RedirectResponse:
         return self.finish(RedirectResponse(url, status_code=303))
+
+    def to_login(self) -> RedirectResponse:
+        """To the login page; a page asked for by GET is where the login will end."""
+        response = self.redirect("/login")
+        path = self.request.url.path
+        if self.request.method == "GET" and NEXT_SHAPE.fullmatch(path) and not path.startswith(NOT_NEXT):
+            self.set_cookie(response, NEXT_COOKIE, path, max_age=NEXT_MAX_AGE)
+        return response
+
+    def after_login(self) -> str:
+        """Where a completed login goes: the page asked for before, with the login flag."""
+        path = self.request.cookies.get(NEXT_COOKIE, "")
+        if NEXT_SHAPE.fullmatch(path) and path != "/" and not path.startswith(NOT_NEXT):
+            return f"{path}?login=1"
+        return "/home?login=1"
 
     def finish(self, response: R) -> R:
         self.set_cookie(response, CSRF_COOKIE, self.csrf_cookie, samesite="strict")
@@ -134,6 +162,13 @@ class Page:
         if not self.origin_ok():
             return False
         return self.csrf.is_valid(self.request.cookies.get(CSRF_COOKIE), submitted)
+
+    def posted_by(self, caller: Caller | Response, csrf_token: str | None) -> Caller | Response:
+        """A form post by the person a route requires: that person, or the answer for
+        anyone else (login, their home) and for a post without a valid CSRF token (403)."""
+        if isinstance(caller, Response):
+            return caller
+        return caller if self.csrf_ok(csrf_token) else self.forbidden()
 
     def too_many(self, action: str) -> HTMLResponse | None:
         limiter: RateLimiter = self.request.app.state.rate_limiter

@@ -165,7 +165,7 @@ def messages_view(messages: Any, me: str) -> list[dict[str, Any]]:
 
 def require_patient(p: Page) -> Caller | Response:
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     if p.caller.role != "patient":
         return p.redirect(p.role_home())
     return p.onboarding() or p.caller
@@ -232,11 +232,9 @@ async def new_case_submit(
 ) -> Response:
     """For oneself, or for a person attached with their proof (ACC-03): the capacity comes
     from identity's record of that person, never from the form."""
-    caller = require_patient(p)
+    caller = p.posted_by(require_patient(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     if limited := p.too_many("case_submission"):
         return limited
     filing_capacity, beneficiary_id = "self", ""
@@ -276,26 +274,25 @@ async def new_case_submit(
 # --- the case page ------------------------------------------------------------------------------
 
 
-async def _dossier_in_turn(*calls: Any) -> list[Any]:
-    """Dossier reads one after the other: each appends to the hash-chained access log, and
-    the dossier answers ABORTED to appends racing on the chain (a retry would succeed)."""
-    results = []
-    for call in calls:
-        results.append(await call())
-    return results
+async def get_overview(
+    clients: ServiceClients, caller: Caller, case_id: str, *, form_answers: bool = False
+) -> dossier_pb2.GetCaseOverviewResponse:
+    """What a case page shows, in one dossier call logged as one read of the case."""
+    response: dossier_pb2.GetCaseOverviewResponse = await clients.dossier.GetCaseOverview(
+        dossier_pb2.GetCaseOverviewRequest(case_id=case_id, include_form_answers=form_answers),
+        metadata=caller.metadata,
+    )
+    return response
 
 
-async def _checklist(clients: ServiceClients, caller: Caller, case: dossier_pb2.Case) -> dict[str, Any]:
+async def _checklist(
+    clients: ServiceClients, caller: Caller, overview: dossier_pb2.GetCaseOverviewResponse
+) -> dict[str, Any]:
+    """The checkout steps: identity (consents, terms) and billing (the order), concurrently;
+    the forms come with the case overview."""
     md = caller.metadata
-
-    def versions(kind: Any) -> Any:
-        return lambda: _optional(
-            clients.dossier.ListFormVersions(
-                dossier_pb2.ListFormVersionsRequest(case_id=case.case_id, kind=kind), metadata=md
-            )
-        )
-
-    consent, terms, order, (pre, patho) = await asyncio.gather(
+    case = overview.case
+    consent, terms, order = await asyncio.gather(
         _optional(
             clients.identity.GetConsentStatus(
                 identity_pb2.GetConsentStatusRequest(
@@ -310,22 +307,20 @@ async def _checklist(clients: ServiceClients, caller: Caller, case: dossier_pb2.
             )
         ),
         _optional(clients.billing.GetOrder(billing_pb2.GetOrderRequest(case_id=case.case_id), metadata=md)),
-        _dossier_in_turn(versions(dossier_pb2.FORM_KIND_PRE_FORM), versions(dossier_pb2.FORM_KIND_PATHOLOGY)),
     )
-
-    def submitted(listed: Any) -> bool:
-        return bool(listed) and any(
-            v.status == dossier_pb2.FORM_ANSWERS_STATUS_SUBMITTED for v in listed.versions
-        )
-
+    submitted = {
+        form.kind
+        for form in overview.forms
+        if any(v.status == dossier_pb2.FORM_ANSWERS_STATUS_SUBMITTED for v in form.versions)
+    }
     order_status = pb_enum_to_code(billing_pb2.OrderStatus, order.order.status) if order else ""
     return {
         "consents": bool(consent)
         and consent.notice_accepted
         and identity_pb2.CONSENT_KIND_HEALTH_DATA_PROCESSING in consent.given_consents,
         "terms": bool(terms) and terms.accepted,
-        "pre_form": submitted(pre),
-        "pathology": submitted(patho),
+        "pre_form": dossier_pb2.FORM_KIND_PRE_FORM in submitted,
+        "pathology": dossier_pb2.FORM_KIND_PATHOLOGY in submitted,
         "paid": order_status in ("paid", "covered"),
         "order_status": order_status,
     }
@@ -341,29 +336,17 @@ async def case_page(case_id: str, p: PageDep, clients: ClientsDep) -> Response:
     if isinstance(caller, Response):
         return caller
     try:
-        case = await get_case(clients, caller, case_id)
+        found = await get_overview(clients, caller, case_id)
     except grpc.aio.AioRpcError as error:
         if _is_missing(error):
             return p.not_found()
         raise
-    md = caller.metadata
+    case = found.case
     status_code = pb_enum_to_code(dossier_pb2.CaseStatus, case.status)
-    (documents, messages, reports, notes), checklist, state = await asyncio.gather(
-        _dossier_in_turn(
-            lambda: clients.dossier.ListDocuments(
-                dossier_pb2.ListDocumentsRequest(case_id=case_id), metadata=md
-            ),
-            lambda: clients.dossier.ListMessages(
-                dossier_pb2.ListMessagesRequest(case_id=case_id), metadata=md
-            ),
-            lambda: clients.dossier.ListCaseReports(
-                dossier_pb2.ListCaseReportsRequest(case_id=case_id), metadata=md
-            ),
-            lambda: clients.dossier.GetCaseNotes(
-                dossier_pb2.GetCaseNotesRequest(case_id=case_id), metadata=md
-            ),
-        ),
-        _checklist(clients, caller, case) if status_code in CHECKOUT_STATUSES else _no_checklist(),
+    # Once the dossier granted access: the checkout's identity and billing reads and the
+    # workflow's state, concurrently.
+    checklist, state = await asyncio.gather(
+        _checklist(clients, caller, found) if status_code in CHECKOUT_STATUSES else _no_checklist(),
         workflow_bridge.query_state(clients, case_id),
     )
     view = case_view(case)
@@ -376,7 +359,7 @@ async def case_page(case_id: str, p: PageDep, clients: ClientsDep) -> Response:
         {"status": s, "state": "done" if i < current else "current" if i == current else "todo"}
         for i, s in enumerate(TIMELINE)
     ]
-    thread = messages_view(messages.messages, caller.account_id)
+    thread = messages_view(found.messages, caller.account_id)
     open_request = next((m for m in thread if m["open_request"]), None)
     return p.render(
         "case.html",
@@ -385,11 +368,11 @@ async def case_page(case_id: str, p: PageDep, clients: ClientsDep) -> Response:
         expected=fmt_date(expected),
         checklist=checklist,
         in_checkout=status in CHECKOUT_STATUSES,
-        documents=documents_view(documents.documents),
+        documents=documents_view(found.documents),
         messages=thread,
         open_request=open_request,
-        has_report=any(r.status == dossier_pb2.REPORT_STATUS_SEALED for r in reports.reports),
-        notes=notes.notes.text,
+        has_report=any(r.status == dossier_pb2.REPORT_STATUS_SEALED for r in found.reports),
+        notes=found.notes.text,
         max_upload_bytes=p.request.app.state.settings.max_upload_bytes,
         message_key=new_key(),
     )
@@ -462,11 +445,9 @@ async def consents_submit(
 ) -> Response:
     """Each box is its own act with its own evidence record (CNS-04): the terms, the notice,
     the health-data consent, and (optional) sending the report to the treating physician."""
-    caller = require_patient(p)
+    caller = p.posted_by(require_patient(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     try:
         case = await get_case(clients, caller, case_id)
         info = client_info(p.request)
@@ -725,7 +706,7 @@ async def download_document(document_id: str, p: PageDep, clients: ClientsDep) -
     fresh code first (ACC-06). The first stream message is read before answering, so a
     refusal becomes a proper status, never a broken download."""
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     caller = p.caller
     if caller.role == "patient" and not caller.stepped_up:
         return p.redirect(f"/step-up?next=/documents/{document_id}")
@@ -774,11 +755,9 @@ async def save_notes(
     form_key: Annotated[str, Form(max_length=64)] = "",
     csrf_token: Csrf = "",
 ) -> Response:
-    caller = require_patient(p)
+    caller = p.posted_by(require_patient(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     try:
         await clients.dossier.SaveCaseNotes(
             dossier_pb2.SaveCaseNotesRequest(
@@ -802,11 +781,9 @@ async def send_message(
     csrf_token: Csrf = "",
 ) -> Response:
     """The patient writes to the doctor(s), or answers their request for information."""
-    caller = require_patient(p)
+    caller = p.posted_by(require_patient(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     kind = dossier_pb2.MESSAGE_KIND_INFORMATION_RESPONSE if in_reply_to else dossier_pb2.MESSAGE_KIND_GENERAL
     try:
         await clients.dossier.SendMessage(
@@ -835,7 +812,7 @@ async def report_abuse(
     csrf_token: Csrf = "",
 ) -> Response:
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     if not p.csrf_ok(csrf_token):
         return p.forbidden()
     try:
@@ -861,11 +838,9 @@ async def oppose_doctor(
     csrf_token: Csrf = "",
 ) -> Response:
     """DOC-03: the patient ends a doctor's access at once."""
-    caller = require_patient(p)
+    caller = p.posted_by(require_patient(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     try:
         await clients.dossier.OpposeDoctorAccess(
             dossier_pb2.OpposeDoctorAccessRequest(
@@ -880,11 +855,9 @@ async def oppose_doctor(
 
 @router.post("/cases/{case_id}/submit")
 async def submit_case(case_id: str, p: PageDep, clients: ClientsDep, csrf_token: Csrf = "") -> Response:
-    caller = require_patient(p)
+    caller = p.posted_by(require_patient(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     try:
         submitted = await clients.dossier.SubmitCase(
             dossier_pb2.SubmitCaseRequest(idempotency_key=f"submit-case:{case_id}", case_id=case_id),
@@ -976,11 +949,9 @@ async def pay_by_card(
 ) -> Response:
     """The amount always comes from the order; the browser goes to the PSP's page with the
     signed fields (no card data ever reaches the platform, BIL-06)."""
-    caller = require_patient(p)
+    caller = p.posted_by(require_patient(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     if limited := p.too_many("payment"):
         return limited
     try:
@@ -1020,11 +991,9 @@ async def pay_with_coverage(
     csrf_token: Csrf = "",
 ) -> Response:
     """BIL-01: a partner's coverage code; the person pays nothing."""
-    caller = require_patient(p)
+    caller = p.posted_by(require_patient(p), csrf_token)
     if isinstance(caller, Response):
         return caller
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
     if limited := p.too_many("payment"):
         return limited
     try:
@@ -1103,7 +1072,7 @@ async def report_page(case_id: str, p: PageDep, clients: ClientsDep) -> Response
 @router.get("/step-up", response_class=HTMLResponse)
 async def step_up_form(p: PageDep) -> Response:
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     target = safe_next(p.request.query_params.get("next", "/dashboard"))
     return p.render("stepup.html", next=target, sent=bool(p.request.cookies.get(STEP_UP_COOKIE)))
 
@@ -1119,16 +1088,19 @@ async def step_up_start(
     csrf_token: Csrf = "",
 ) -> Response:
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     if not p.csrf_ok(csrf_token):
         return p.forbidden()
     if limited := p.too_many("login_code"):
         return limited
-    purpose = (
-        identity_pb2.STEP_UP_PURPOSE_VIEW_DOCUMENTS
-        if next.startswith("/documents/")
-        else identity_pb2.STEP_UP_PURPOSE_VIEW_REPORT
-    )
+    if next.startswith("/documents/"):
+        purpose = identity_pb2.STEP_UP_PURPOSE_VIEW_DOCUMENTS
+    elif next.startswith("/privacy/"):  # the export archive, an erasure request
+        purpose = identity_pb2.STEP_UP_PURPOSE_EXPORT_DATA
+    elif next.startswith("/account/contact"):
+        purpose = identity_pb2.STEP_UP_PURPOSE_CHANGE_CREDENTIALS
+    else:
+        purpose = identity_pb2.STEP_UP_PURPOSE_VIEW_REPORT
     try:
         started = await clients.identity.StartStepUp(
             identity_pb2.StartStepUpRequest(idempotency_key=new_key(), purpose=purpose),
@@ -1155,7 +1127,7 @@ async def step_up_verify(
     csrf_token: Csrf = "",
 ) -> Response:
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     if not p.csrf_ok(csrf_token):
         return p.forbidden()
     if limited := p.too_many("login_code"):
@@ -1183,7 +1155,7 @@ async def step_up_verify(
 @router.get("/invoices", response_class=HTMLResponse)
 async def invoices_page(p: PageDep, clients: ClientsDep) -> Response:
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     listed = await clients.billing.ListInvoices(
         billing_pb2.ListInvoicesRequest(page_size=100), metadata=p.caller.metadata
     )
@@ -1204,7 +1176,7 @@ async def invoices_page(p: PageDep, clients: ClientsDep) -> Response:
 @router.get("/invoices/{invoice_id}")
 async def download_invoice(invoice_id: str, p: PageDep, clients: ClientsDep) -> Response:
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     call = clients.billing.DownloadInvoice(
         billing_pb2.DownloadInvoiceRequest(invoice_id=invoice_id),
         metadata=p.caller.metadata,
@@ -1238,7 +1210,7 @@ async def download_invoice(invoice_id: str, p: PageDep, clients: ClientsDep) -> 
 async def account_page(p: PageDep, clients: ClientsDep) -> Response:
     """CNS-02: the terms, the notice and the consents given stay readable at any time."""
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     md = p.caller.metadata
     account, records, consents = await asyncio.gather(  # identity only: no log chain
         clients.identity.GetAccount(
@@ -1290,7 +1262,7 @@ async def account_page(p: PageDep, clients: ClientsDep) -> Response:
 @router.get("/account/texts/{text_id}", response_class=HTMLResponse)
 async def legal_text_page(text_id: str, p: PageDep, clients: ClientsDep) -> Response:
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     try:
         found = await clients.identity.GetLegalText(
             identity_pb2.GetLegalTextRequest(text_id=text_id), metadata=p.caller.metadata
@@ -1342,7 +1314,7 @@ async def withdraw_consent(
 ) -> Response:
     """CNS-06: withdrawing the health-data consent closes the account (the page says so)."""
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     if not p.csrf_ok(csrf_token):
         return p.forbidden()
     if confirm != "yes":
@@ -1375,7 +1347,7 @@ async def close_account(
 ) -> Response:
     """ACC-11: closure archives the data, it does not delete it (the page says so)."""
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     if not p.csrf_ok(csrf_token):
         return p.forbidden()
     if confirm != "yes":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from services.gateway.clients import ServiceClients
 from services.gateway.web.page import (
     COOKIE_CHOICE,
     COOKIE_CHOICE_MAX_AGE,
+    NEXT_COOKIE,
     ClientsDep,
     Page,
     PageDep,
@@ -119,7 +121,7 @@ def _login_attempt(p: Page) -> tuple[str, str, str] | None:
 async def login_code_form(p: PageDep) -> Response:
     attempt = _login_attempt(p)
     if attempt is None:
-        return p.redirect("/login")
+        return p.to_login()
     return p.render("login_code.html", factor=attempt[1], masked_phone=attempt[2])
 
 
@@ -134,7 +136,7 @@ async def login_code_submit(
         return p.forbidden()
     attempt = _login_attempt(p)
     if attempt is None:
-        return p.redirect("/login")
+        return p.to_login()
     if limited := p.too_many("login_code"):
         return limited
     attempt_id, factor, masked = attempt
@@ -172,10 +174,12 @@ async def login_code_submit(
     elif verified.must_change_password:
         target = "/account/password?forced=1"
     else:
-        target = "/home?login=1"
+        target = p.after_login()
     response = p.redirect(target)
     p.set_cookie(response, p.request.app.state.settings.session_cookie_name, verified.session_token)
     response.delete_cookie(LOGIN_COOKIE, path="/")
+    if target.endswith("?login=1"):  # the page asked for is reached: forget it
+        response.delete_cookie(NEXT_COOKIE, path="/")
     return response
 
 
@@ -185,7 +189,7 @@ async def login_resend(p: PageDep, clients: ClientsDep, csrf_token: Annotated[st
         return p.forbidden()
     attempt = _login_attempt(p)
     if attempt is None:
-        return p.redirect("/login")
+        return p.to_login()
     if limited := p.too_many("login_code"):
         return limited
     try:
@@ -220,9 +224,21 @@ async def logout(p: PageDep, clients: ClientsDep, csrf_token: Annotated[str, For
     return response
 
 
+# A referral invitation's token (ACC-15): identity's URL-safe random string.
+INVITATION_SHAPE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+
 @router.get("/signup", response_class=HTMLResponse)
 async def signup_form(p: PageDep, clients: ClientsDep) -> Response:
-    return p.render("signup.html", form={}, terms_version=await _terms_version(clients, p))
+    """With ``?invitation=`` (a referring doctor's invitation, ACC-15), the token rides in
+    a hidden field of the form, never in a later URL; only the origin leaves this page as
+    a referrer (not no-referrer: the form's post would then carry ``Origin: null``)."""
+    invitation = p.request.query_params.get("invitation", "")
+    form = {"invitation": invitation} if INVITATION_SHAPE.fullmatch(invitation) else {}
+    response = p.render("signup.html", form=form, terms_version=await _terms_version(clients, p))
+    if invitation:
+        response.headers["Referrer-Policy"] = "strict-origin"
+    return response
 
 
 @router.post("/signup")
@@ -234,13 +250,19 @@ async def signup_submit(
     password: Annotated[str, Form(max_length=64)],
     declared_age: Annotated[int, Form(ge=0, le=200)],
     accept_terms: Annotated[str, Form()] = "",
+    invitation: Annotated[str, Form(max_length=128)] = "",
     csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
     if not p.csrf_ok(csrf_token):
         return p.forbidden()
     if limited := p.too_many("signup"):
         return limited
-    form = {"email": email, "phone_number": phone_number, "declared_age": declared_age}
+    form = {
+        "email": email,
+        "phone_number": phone_number,
+        "declared_age": declared_age,
+        "invitation": invitation,
+    }
     terms = await _current_terms(clients, p)
     if accept_terms != "yes":
         return p.render(
@@ -258,14 +280,23 @@ async def signup_submit(
                 accepted_terms_sha256_hex=terms[1] if terms else "",
                 locale=p.locale,
                 client=client_info(p.request),
+                referral_token=invitation,
             ),
             metadata=clients.as_gateway(),
         )
     except grpc.aio.AioRpcError as error:
-        if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
+        if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
             detail = error.details() or ""
+            if "referral_token" in detail:
+                # A stale invitation: the person may still sign up, without it.
+                form["invitation"] = ""
+                return p.render("signup.html", status=400, form=form, error=p.t("signup_invitation_invalid"))
             return p.render("signup.html", status=400, form=form, error=p.t("form_error", detail=detail))
-        raise
+        # No account enumeration: an email that already has an account gets the same page
+        # as a new one (identity answers it as a success and emails the owner; an
+        # ALREADY_EXISTS, should one still come, is not shown either).
+        if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
     return p.render("login.html", notice=p.t("signed_up"), email=email)
 
 
@@ -305,6 +336,6 @@ def _login_error(p: Page, error: grpc.aio.AioRpcError) -> str:
 async def home_after_login(p: PageDep) -> Response:
     """Sends each role to its portal, carrying the login flag for the emergency warning."""
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     suffix = "?login=1" if p.request.query_params.get("login") == "1" else ""
     return p.redirect(p.role_home() + suffix)

@@ -75,6 +75,11 @@ class RateLimiter:
 DEFAULT_LIMITS = {
     "login": Limit(10, 60),
     "login_code": Limit(10, 60),
+    # Reset links asked for per client: each sends an email, so the budget is tighter than
+    # the login's (the notifications service caps emails per recipient as well).
+    "password_reset": Limit(5, 600),
+    # Codes sent to a new phone number (identity also caps them per account and hour).
+    "contact_code": Limit(10, 600),
     "signup": Limit(5, 60),
     "case_submission": Limit(10, 60),
     "upload": Limit(30, 60),

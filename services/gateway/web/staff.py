@@ -37,7 +37,7 @@ AT_RISK_WITHIN_SECONDS = 24 * 3600
 
 def require_role(p: Page, role: str) -> Caller | Response:
     if p.caller is None:
-        return p.redirect("/login")
+        return p.to_login()
     if p.caller.role != role:
         return p.redirect(p.role_home())
     return p.onboarding() or p.caller

@@ -12,7 +12,9 @@ import phonenumbers
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.identity.domain import notifier as templates
 from services.identity.domain.events import NO_CLIENT, Client, EventKind, record_event
+from services.identity.domain.notifier import Message
 from services.identity.domain.passwords import PasswordHashing, check_password_policy
 from services.identity.domain.sessions import end_all_sessions
 from services.identity.models import Account, Challenge
@@ -123,6 +125,31 @@ class NewStaffMember:
     partner_id: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SignUp:
+    """The new account (`created`), or the one the email already had, left untouched."""
+
+    account: Account
+    created: bool
+
+
+def sign_up_attempt_notice(account: Account, public_base_url: str) -> Message | None:
+    """The email telling an account's owner that someone signed up with their address
+    (nothing about who or from where). One a day at most per account: the key is the day,
+    so repeated attempts neither flood the mailbox nor use up its rate limit. None for a
+    closed account (it can neither log in nor reset)."""
+    if account.status == AccountStatus.CLOSED.value or not account.email:
+        return None
+    day = utcnow().date().isoformat()
+    return Message(
+        template=templates.SIGN_UP_ATTEMPT_ON_EXISTING_ACCOUNT,
+        idempotency_key=f"identity:sign-up-attempt:{account.account_id}:{day}",
+        locale=account.locale,
+        email=account.email,
+        link=f"{public_base_url}/login",
+    )
+
+
 def rpps_is_valid(rpps: str) -> bool:
     """RPPS: 11 digits whose last one is a Luhn check digit."""
     if len(rpps) != 11 or not rpps.isdigit():
@@ -151,7 +178,10 @@ class AccountRegistry:
         if taken is not None:
             raise AlreadyExists("an account already exists for this email")
 
-    async def sign_up_patient(self, session: AsyncSession, new: NewPatient) -> Account:
+    async def sign_up_patient(self, session: AsyncSession, new: NewPatient) -> SignUp:
+        """Creates the patient account, or, when the email already has an account, changes
+        nothing and says so to the caller only (`created` False): the Argon2 hash is
+        computed either way, so the two cases cost the same (no account enumeration)."""
         if new.declared_age < MIN_AGE:
             raise InvalidArgument("users must be 18 or older (declared age)")
         if new.declared_age > MAX_AGE:
@@ -159,7 +189,10 @@ class AccountRegistry:
         email_normalized = normalize_email(new.email)
         phone = normalize_phone(new.phone_number)
         check_password_policy(new.password)
-        await self._ensure_email_free(session, email_normalized)
+        password_hash = await self._hashing.hash(new.password)
+        existing = await session.scalar(select(Account).where(Account.email_normalized == email_normalized))
+        if existing is not None:
+            return SignUp(existing, created=False)
         now = utcnow()
         account = Account(
             account_id=str(uuid.uuid4()),
@@ -168,7 +201,7 @@ class AccountRegistry:
             email=new.email.strip(),
             phone_number=phone,
             display_name="",
-            password_hash=await self._hashing.hash(new.password),
+            password_hash=password_hash,
             status=AccountStatus.ACTIVE.value,
             declared_age=new.declared_age,
             rpps_number=None,
@@ -183,7 +216,7 @@ class AccountRegistry:
         )
         session.add(account)
         await session.flush()
-        return account
+        return SignUp(account, created=True)
 
     async def create_staff_member(self, session: AsyncSession, new: NewStaffMember) -> Account:
         if new.role not in STAFF_ROLES:

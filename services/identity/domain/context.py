@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from services.identity.domain.notifier import Notifier
+from services.identity.domain.notifier import Courier, Notifier
 from services.identity.domain.passwords import PasswordHashing
 from services.identity.domain.secrets import CodeKeys
 from services.identity.settings import IdentitySettings
@@ -60,3 +60,5 @@ class Deps:
     hashing: PasswordHashing
     keys: CodeKeys
     notifier: Notifier
+    # Messages whose sending must not show in the answer (no account enumeration).
+    courier: Courier

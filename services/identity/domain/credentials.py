@@ -117,6 +117,36 @@ async def declare_credential_loss(
     return account.status_changed_at, ended
 
 
+def _link_message(
+    deps: Deps, account: Account, link: ResetLink, token: str, template: templates.Template
+) -> Message:
+    return Message(
+        template=template,
+        idempotency_key=f"identity:{link.kind}-link:{link.link_id}",
+        locale=account.locale,
+        email=account.email,
+        link=f"{deps.policy.public_base_url}/password-reset?token={token}",
+        date=link.expires_at,
+    )
+
+
+def _new_link(deps: Deps, account_id: str, kind: str, ttl: timedelta) -> tuple[ResetLink, str]:
+    """A link row and its token (only the token's keyed hash is stored)."""
+    token = new_url_token()
+    now = utcnow()
+    link = ResetLink(
+        link_id=str(uuid.uuid4()),
+        account_id=account_id,
+        token_hash=deps.keys.token_hash(token),
+        kind=kind,
+        created_at=now,
+        expires_at=now + ttl,
+        redeemed_at=None,
+        challenge_id=None,
+    )
+    return link, token
+
+
 async def _email_link(
     session: AsyncSession,
     deps: Deps,
@@ -125,43 +155,36 @@ async def _email_link(
     ttl: timedelta,
     template: templates.Template,
 ) -> ResetLink:
-    token = new_url_token()
-    now = utcnow()
-    link = ResetLink(
-        link_id=str(uuid.uuid4()),
-        account_id=account.account_id,
-        token_hash=deps.keys.token_hash(token),
-        kind=kind,
-        created_at=now,
-        expires_at=now + ttl,
-        redeemed_at=None,
-        challenge_id=None,
-    )
+    link, token = _new_link(deps, account.account_id, kind, ttl)
     session.add(link)
     await session.flush()
-    await deps.notifier.send(
-        Message(
-            template=template,
-            idempotency_key=f"identity:{kind}-link:{link.link_id}",
-            locale=account.locale,
-            email=account.email,
-            link=f"{deps.policy.public_base_url}/password-reset?token={token}",
-            date=link.expires_at,
-        )
-    )
+    await deps.notifier.send(_link_message(deps, account, link, token, template))
     return link
 
 
-async def request_password_reset(session: AsyncSession, deps: Deps, email: str, client: Client) -> datetime:
-    """Same answer for unknown emails; the link is only sent to a known, open account."""
-    expires_at = utcnow() + deps.policy.reset_link_ttl
+@dataclass(frozen=True, slots=True)
+class ResetRequested:
+    link_expires_at: datetime
+    # The email to post once the request is committed; None for an unknown or closed
+    # account (the answer is the same: no enumeration).
+    message: Message | None
+
+
+async def request_password_reset(session: AsyncSession, deps: Deps, email: str) -> ResetRequested:
+    """Same answer, and about the same work, for every email (no enumeration): a link and
+    its token are made either way and stored only for a known, open account; the email is
+    posted by the caller after the commit, in the background (`Courier`), so neither the
+    answer nor its latency depends on whether the account exists."""
     account = await find_by_email(session, email)
-    if account is None or account.status == AccountStatus.CLOSED.value:
-        return expires_at
-    link = await _email_link(
-        session, deps, account, "reset", deps.policy.reset_link_ttl, templates.PASSWORD_RESET
+    link, token = _new_link(
+        deps, account.account_id if account is not None else "", "reset", deps.policy.reset_link_ttl
     )
-    return link.expires_at
+    if account is None or account.status == AccountStatus.CLOSED.value:
+        return ResetRequested(link.expires_at, None)
+    session.add(link)
+    await session.flush()
+    message = _link_message(deps, account, link, token, templates.PASSWORD_RESET)
+    return ResetRequested(link.expires_at, message)
 
 
 @dataclass(frozen=True, slots=True)

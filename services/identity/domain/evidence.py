@@ -47,6 +47,17 @@ class EvidenceKind(StrEnum):
     OBJECTION_RECORDED = "OBJECTION_RECORDED"
     OBJECTION_WITHDRAWN = "OBJECTION_WITHDRAWN"
     MINOR_INFORMED_ATTESTED = "MINOR_INFORMED_ATTESTED"
+    HABILITATION_GRANTED = "HABILITATION_GRANTED"
+    HABILITATION_REVOKED = "HABILITATION_REVOKED"
+
+
+# The records that make up a person's consents and objections.
+CONSENT_KINDS = (
+    EvidenceKind.CONSENT_GIVEN,
+    EvidenceKind.CONSENT_WITHDRAWN,
+    EvidenceKind.OBJECTION_RECORDED,
+    EvidenceKind.OBJECTION_WITHDRAWN,
+)
 
 
 class ConsentKind(StrEnum):
@@ -217,6 +228,10 @@ def record_hash(record: EvidenceRecord) -> str:
         "recorded_by_account_id": record.recorded_by_account_id,
         "previous_hash_hex": record.previous_hash_hex,
     }
+    # Added with habilitation records: covered only when set, so earlier records keep
+    # the hash they were written with.
+    if record.habilitation:
+        content["habilitation"] = record.habilitation
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -231,6 +246,7 @@ async def append(
     text: LegalText | None = None,
     consent: ConsentKind | None = None,
     objection: ObjectionKind | None = None,
+    habilitation: str = "",
 ) -> EvidenceRecord:
     head = (
         await session.execute(
@@ -260,6 +276,7 @@ async def append(
         ip_address=auth.client.ip_address,
         user_agent=auth.client.user_agent,
         recorded_by_account_id=auth.recorded_by_account_id,
+        habilitation=habilitation,
         previous_hash_hex=previous,
         record_hash_hex="",
     )
@@ -374,7 +391,7 @@ async def consent_state(
 ) -> tuple[set[ConsentKind], set[ObjectionKind]]:
     consents: set[ConsentKind] = set()
     objections: set[ObjectionKind] = set()
-    kinds = tuple(k.value for k in EvidenceKind if k is not EvidenceKind.TEXT_ACCEPTED)
+    kinds = tuple(k.value for k in CONSENT_KINDS)
     for record in await _latest(session, account_id, beneficiary_id, kinds):
         if record.kind == EvidenceKind.CONSENT_GIVEN.value:
             consents.add(ConsentKind(record.consent_kind))

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.identity.domain.habilitations import rights_request_handler
 from services.identity.domain.retention import (
     PERIODS,
     RIGHTS_REQUEST_DEADLINE_MONTHS,
@@ -97,6 +98,8 @@ class Status(StrEnum):
     IN_PROGRESS = "IN_PROGRESS"
     EXTENDED = "EXTENDED"
     ANSWERED = "ANSWERED"
+    # An erasure answered for now (refused while a case is in progress), carried out later.
+    POSTPONED = "POSTPONED"
 
 
 class Outcome(StrEnum):
@@ -104,6 +107,8 @@ class Outcome(StrEnum):
     PARTIALLY_GRANTED_RESTRICTED = "PARTIALLY_GRANTED_RESTRICTED"
     REFUSED = "REFUSED"
     IDENTITY_NOT_VERIFIED = "IDENTITY_NOT_VERIFIED"
+    # Erasure refused for now: a case is in progress; carried out once it is closed.
+    REFUSED_CASE_IN_PROGRESS = "REFUSED_CASE_IN_PROGRESS"
 
 
 class ExtensionReason(StrEnum):
@@ -478,7 +483,7 @@ class NewRightsRequest:
 
 
 def _check_recorder(principal: Principal, new: NewRightsRequest) -> None:
-    if principal.role in STAFF_RECORDERS:
+    if principal.role in STAFF_RECORDERS or rights_request_handler(principal):
         return
     if principal.role is Role.REFERENT_DOCTOR:
         # GDPR-07: the referent doctor relays the request and vouches for the person.
@@ -562,7 +567,7 @@ async def extend_request(
     session: AsyncSession, request_id: str, reason: ExtensionReason, months: int
 ) -> RightsRequestRecord:
     record = await get_request(session, request_id, lock=True)
-    if record.status == Status.ANSWERED.value:
+    if record.status in (Status.ANSWERED.value, Status.POSTPONED.value):
         raise FailedPrecondition("the request is already answered")
     if months not in (1, 2):
         raise InvalidArgument("extension_months must be 1 or 2")
@@ -579,13 +584,26 @@ async def extend_request(
 async def answer_request(
     session: AsyncSession, request_id: str, outcome: Outcome, document_id: str
 ) -> RightsRequestRecord:
+    """Records the answer. An erasure may first be answered REFUSED_CASE_IN_PROGRESS
+    (status POSTPONED: the person is answered within the deadline, the erasure waits for
+    their case to end); the final answer then replaces it and `answered_at` keeps the
+    time of that first answer, the one the deadline is measured on."""
     record = await get_request(session, request_id, lock=True)
     if record.status == Status.ANSWERED.value:
         raise FailedPrecondition("the request is already answered")
-    record.status = Status.ANSWERED.value
+    postponed = record.status == Status.POSTPONED.value
+    if outcome is Outcome.REFUSED_CASE_IN_PROGRESS:
+        if record.kind != Kind.ERASURE.value:
+            raise InvalidArgument("only an erasure is refused for now while a case is in progress")
+        if postponed:
+            raise FailedPrecondition("the erasure is already postponed until the case ends")
+    later = outcome is Outcome.REFUSED_CASE_IN_PROGRESS
+    record.status = (Status.POSTPONED if later else Status.ANSWERED).value
     record.outcome = outcome.value
-    record.answer_document_id = document_id
-    record.answered_at = utcnow()
+    # A postponement's answer letter stays when the final answer comes without one.
+    record.answer_document_id = document_id or record.answer_document_id
+    if not postponed:
+        record.answered_at = utcnow()
     log.info(
         "rights request answered", extra={"fields": {"request_id": request_id, "outcome": outcome.value}}
     )

@@ -185,7 +185,7 @@ async def _invite(deps: Deps, prospect: Prospect, token: str) -> None:
             email=prospect.email,
             phone_number=prospect.phone_number,
             first_name=first_name,
-            link=f"{deps.policy.public_base_url}/sign-up?invitation={token}",
+            link=f"{deps.policy.public_base_url}/signup?invitation={token}",
         )
     )
 
@@ -263,7 +263,8 @@ async def list_referrals(session: AsyncSession, referrer: str, offset: int, limi
     )
 
 
-async def redeem_invitation(session: AsyncSession, deps: Deps, token: str, account_id: str) -> None:
+async def check_invitation(session: AsyncSession, deps: Deps, token: str) -> Prospect:
+    """The invitation a referral token opens; refused when unknown, expired or used."""
     if len(token) > 128:
         raise InvalidArgument("referral_token is not valid")
     prospect = await session.scalar(
@@ -271,5 +272,10 @@ async def redeem_invitation(session: AsyncSession, deps: Deps, token: str, accou
     )
     if prospect is None or prospect.status != "invited":
         raise InvalidArgument("referral_token is not valid (expired or already used)")
+    return prospect
+
+
+async def redeem_invitation(session: AsyncSession, deps: Deps, token: str, account_id: str) -> None:
+    prospect = await check_invitation(session, deps, token)
     prospect.status = "account_created"
     prospect.account_id = account_id

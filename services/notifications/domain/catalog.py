@@ -25,6 +25,7 @@ class Template(StrEnum):
     REFERRAL_INVITATION = "referral_invitation"
     SATISFACTION_SURVEY = "satisfaction_survey"
     VERIFICATION_CODE = "verification_code"
+    EMAIL_VERIFICATION_CODE = "email_verification_code"
     PROVISIONAL_CREDENTIALS = "provisional_credentials"
     ACCOUNT_DETAILS_CHANGED = "account_details_changed"
     NEW_SECURE_MESSAGE = "new_secure_message"
@@ -33,6 +34,9 @@ class Template(StrEnum):
     CASE_CANCELLED = "case_cancelled"
     RIGHTS_REQUEST_EXTENDED = "rights_request_extended"
     DPO_RIGHTS_REQUEST_REMINDER = "dpo_rights_request_reminder"
+    SIGN_UP_ATTEMPT_ON_EXISTING_ACCOUNT = "sign_up_attempt_on_existing_account"
+    RIGHTS_REQUEST_POSTPONED = "rights_request_postponed"
+    DUPLICATE_PAYMENT_REFUNDED = "duplicate_payment_refunded"
 
 
 class Channel(StrEnum):
@@ -91,6 +95,8 @@ SPECS: dict[Template, TemplateSpec] = {
     for spec in (
         _spec(T.LOGIN_CODE, SMS, {V.ONE_TIME_CODE, V.DATE}, RateClass.CODE),
         _spec(T.VERIFICATION_CODE, SMS, {V.ONE_TIME_CODE, V.DATE}, RateClass.CODE),
+        # The code confirming a new email address, sent to that address (ACC-06).
+        _spec(T.EMAIL_VERIFICATION_CODE, EMAIL, {V.ONE_TIME_CODE, V.DATE}, RateClass.CODE),
         _spec(T.PASSWORD_RESET, EMAIL, {V.FIRST_NAME, V.LINK, V.DATE}),
         _spec(T.ACCOUNT_LOCKED, EMAIL, {V.FIRST_NAME, V.LINK}),
         _spec(T.BREACH_NOTICE, EMAIL, {V.FIRST_NAME, V.LINK, V.DATE}),
@@ -111,6 +117,10 @@ SPECS: dict[Template, TemplateSpec] = {
         _spec(T.CASE_CANCELLED, EMAIL, {V.FIRST_NAME, V.AMOUNT, V.LINK}),
         _spec(T.RIGHTS_REQUEST_EXTENDED, EMAIL, {V.FIRST_NAME, V.DATE, V.LINK}),
         _spec(T.DPO_RIGHTS_REQUEST_REMINDER, EMAIL, {V.DATE, V.LINK}, RateClass.STAFF),
+        # No date: identity sends at most one a day per account (its key is the day).
+        _spec(T.SIGN_UP_ATTEMPT_ON_EXISTING_ACCOUNT, EMAIL, {V.FIRST_NAME, V.LINK}),
+        _spec(T.RIGHTS_REQUEST_POSTPONED, EMAIL, {V.FIRST_NAME, V.LINK}),
+        _spec(T.DUPLICATE_PAYMENT_REFUNDED, EMAIL, {V.FIRST_NAME, V.AMOUNT, V.DATE, V.LINK}),
     )
 }
 

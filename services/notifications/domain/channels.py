@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,10 +20,13 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiosmtplib
 import httpx
+from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.notifications.domain.catalog import Channel
@@ -266,4 +270,32 @@ async def store_development_copy(session: AsyncSession, message: OutgoingMessage
             text_body=message.text,
             created_at=message.created_at,
         )
+    )
+
+
+async def store_development_copies(session: AsyncSession, messages: Sequence[OutgoingMessage]) -> None:
+    """Many copies in one statement (an existing copy is kept: a redelivery changes nothing)."""
+    if not messages:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(cast(Table, DevelopmentMessage.__table__)).on_conflict_do_nothing(
+        index_elements=["notification_id"]
+    )
+    connection = await session.connection()
+    await connection.execute(
+        statement,
+        [
+            {
+                "notification_id": message.notification_id,
+                "channel": message.channel.value,
+                "template": message.template,
+                "recipient": message.recipient,
+                "recipient_hash": message.recipient_hash,
+                "subject": message.subject,
+                "text_body": message.text,
+                "created_at": message.created_at,
+            }
+            for message in messages
+        ],
     )

@@ -14,12 +14,29 @@ import base64
 import binascii
 import random
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
+from google.protobuf.message import Message
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.notifications.domain.catalog import (
@@ -37,7 +54,8 @@ from services.notifications.models import (
     Notification,
     RateLimitLock,
 )
-from services.shared.errors import InvalidArgument, NotFound, ResourceExhausted
+from services.shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from services.shared.idempotency import check_key, request_fingerprint
 
 RATE_LOCK_BUCKETS = 4096
 
@@ -117,33 +135,29 @@ def _window_text(window: timedelta) -> str:
     return f"{seconds} seconds"
 
 
-async def _lock_recipient(session: AsyncSession, recipient_hash: str, now: datetime) -> None:
-    """Serialise the rate-limit check of one recipient: an upsert on its bucket row holds a
-    row lock on PostgreSQL until commit, and SQLite's writer lock for the transaction."""
-    bucket = int(recipient_hash[:8], 16) % RATE_LOCK_BUCKETS
+def rate_lock_bucket(recipient_hash: str) -> int:
+    return int(recipient_hash[:8], 16) % RATE_LOCK_BUCKETS
+
+
+async def lock_recipients(session: AsyncSession, recipient_hashes: Iterable[str], now: datetime) -> None:
+    """Serialise the rate-limit checks of these recipients: an upsert on their bucket rows
+    holds row locks on PostgreSQL until commit (taken in bucket order, so two transactions
+    locking several buckets cannot deadlock on them), and SQLite's writer lock."""
+    buckets = sorted({rate_lock_bucket(recipient_hash) for recipient_hash in recipient_hashes})
+    if not buckets:
+        return
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(RateLimitLock).values(bucket=bucket, touched_at=now)
+    statement = insert(RateLimitLock).values([{"bucket": bucket, "touched_at": now} for bucket in buckets])
     await session.execute(
-        statement.on_conflict_do_update(index_elements=["bucket"], set_={"touched_at": now})
+        statement.on_conflict_do_update(
+            index_elements=["bucket"], set_={"touched_at": statement.excluded.touched_at}
+        )
     )
 
 
-async def _check_rate(
-    session: AsyncSession,
-    criteria: list[ColumnElement[bool]],
-    limit: RateLimit,
-    now: datetime,
-    what: str,
-) -> None:
-    since = now - limit.window
-    count, oldest = (
-        await session.execute(
-            select(func.count(), func.min(Notification.created_at)).where(
-                Notification.created_at > since, *criteria
-            )
-        )
-    ).one()
+def rate_error(limit: RateLimit, count: int, oldest: datetime | None, now: datetime, what: str) -> None:
+    """Refuse (RESOURCE_EXHAUSTED) once `count` messages already count against `limit`."""
     if count >= limit.count:
         retry_in = max(1, int(((oldest or now) + limit.window - now).total_seconds()) + 1)
         raise ResourceExhausted(
@@ -152,58 +166,145 @@ async def _check_rate(
         )
 
 
-async def queue_notification(
-    session: AsyncSession,
+async def _check_rates(session: AsyncSession, new: NewNotification, rates: RatePolicy, now: datetime) -> None:
+    """The recipient's per-template limit and, for SMS, its daily SMS limit: one query."""
+    template = new.spec.template
+    limit = rates.for_spec(new.spec)
+    in_window = and_(Notification.template == template.value, Notification.created_at > now - limit.window)
+    columns: list[ColumnElement[Any]] = [
+        func.count().filter(in_window),
+        func.min(Notification.created_at).filter(in_window),
+    ]
+    since = now - limit.window
+    sms_limit = RateLimit(rates.sms_per_day, DAY)
+    if new.channel is Channel.SMS:
+        sms_today = and_(Notification.channel == Channel.SMS.value, Notification.created_at > now - DAY)
+        columns += [func.count().filter(sms_today), func.min(Notification.created_at).filter(sms_today)]
+        since = min(since, now - DAY)
+    row = (
+        await session.execute(
+            select(*columns).where(
+                Notification.recipient_hash == new.recipient_hash, Notification.created_at > since
+            )
+        )
+    ).one()
+    rate_error(limit, int(row[0] or 0), row[1], now, f"{template.name} messages")
+    if new.channel is Channel.SMS:
+        rate_error(sms_limit, int(row[2] or 0), row[3], now, "SMS")
+
+
+SEND_OPERATION = "SendNotification"
+
+
+def notification_row(new: NewNotification, notification_id: str, now: datetime) -> dict[str, object]:
+    """The outbox row of a new message, queued for delivery now."""
+    return {
+        "notification_id": notification_id,
+        "caller": new.caller,
+        "template": new.spec.template.value,
+        "channel": new.channel.value,
+        "locale": new.locale,
+        "status": DeliveryStatus.QUEUED.value,
+        "attempts": 0,
+        "recipient": new.recipient.address,
+        "subject": new.rendered.subject,
+        "text_body": new.rendered.text,
+        "html_body": new.rendered.html,
+        "masked_recipient": new.recipient.masked,
+        "recipient_hash": new.recipient_hash,
+        "created_at": now,
+        "updated_at": now,
+        "next_attempt_at": now,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    notification_id: str
+    status: DeliveryStatus
+    replayed: bool
+
+
+def key_record(key: str, fingerprint: str, notification_id: str, now: datetime) -> dict[str, object]:
+    """The idempotency record of a new message (committed with its outbox row)."""
+    return {
+        "idempotency_key": key,
+        "operation": SEND_OPERATION,
+        "request_hash": fingerprint,
+        "result_id": notification_id,
+        "created_at": now,
+    }
+
+
+def replay(operation: str, request_hash: str, result_id: str, status: str | None, fingerprint: str) -> Queued:
+    """The answer to a key already recorded: its first message, or FAILED_PRECONDITION when
+    the key was used with other parameters (or by another operation)."""
+    if operation != SEND_OPERATION or request_hash != fingerprint:
+        raise FailedPrecondition("idempotency_key was already used with different parameters")
+    return Queued(result_id, DeliveryStatus(status or DeliveryStatus.QUEUED.value), True)
+
+
+def recorded_keys(keys: Iterable[str]) -> Select[str, str, str, str, str]:
+    """The records of these keys with the current status of their messages."""
+    return (
+        select(
+            IdempotencyRecord.idempotency_key,
+            IdempotencyRecord.operation,
+            IdempotencyRecord.request_hash,
+            IdempotencyRecord.result_id,
+            Notification.status,
+        )
+        .outerjoin(Notification, Notification.notification_id == IdempotencyRecord.result_id)
+        .where(IdempotencyRecord.idempotency_key.in_(list(keys)))
+    )
+
+
+async def _recall(session: AsyncSession, key: str, fingerprint: str) -> Queued | None:
+    """The message an earlier request with this key queued (same parameters only)."""
+    earlier = (await session.execute(recorded_keys([key]))).one_or_none()
+    if earlier is None:
+        return None
+    return replay(earlier.operation, earlier.request_hash, earlier.result_id, earlier.status, fingerprint)
+
+
+async def queue_once(
+    sessions: async_sessionmaker[AsyncSession],
+    request: Message,
     new: NewNotification,
-    idempotency_key: str,
     rates: RatePolicy,
     now: datetime,
-) -> str:
-    """Insert the outbox row in the caller's transaction; return its id."""
-    await _lock_recipient(session, new.recipient_hash, now)
-    # A concurrent request with the same key may have committed while we waited for the
-    # lock: answer with its message (run_once then replays it) rather than a rate limit.
-    earlier = await session.get(IdempotencyRecord, idempotency_key, populate_existing=True)
-    if earlier is not None:
-        return earlier.result_id
-    template = new.spec.template
-    await _check_rate(
-        session,
-        [Notification.recipient_hash == new.recipient_hash, Notification.template == template.value],
-        rates.for_spec(new.spec),
-        now,
-        f"{template.name} messages",
-    )
-    if new.channel is Channel.SMS:
-        await _check_rate(
-            session,
-            [Notification.recipient_hash == new.recipient_hash, Notification.channel == Channel.SMS.value],
-            RateLimit(rates.sms_per_day, DAY),
-            now,
-            "SMS",
-        )
-    notification_id = str(uuid.uuid4())
-    session.add(
-        Notification(
-            notification_id=notification_id,
-            caller=new.caller,
-            template=template.value,
-            channel=new.channel.value,
-            locale=new.locale,
-            status=DeliveryStatus.QUEUED.value,
-            attempts=0,
-            recipient=new.recipient.address,
-            subject=new.rendered.subject,
-            text_body=new.rendered.text,
-            html_body=new.rendered.html,
-            masked_recipient=new.recipient.masked,
-            recipient_hash=new.recipient_hash,
-            created_at=now,
-            updated_at=now,
-            next_attempt_at=now,
-        )
-    )
-    return notification_id
+) -> Queued:
+    """Queue a message once per idempotency key (the outbox row and the key's record in one
+    transaction); a replay answers with the first message and its current status. One
+    transaction per call: the path taken with NOTIFICATIONS_SEND_GROUP_COMMIT=false (the
+    service otherwise queues through `sending.SendGroupCommit`, the same steps per batch).
+
+    Five statements and the commit: the recipient's lock, the key's record (with the
+    status of its message), both rate limits in one query, the two inserts. The key is
+    read after the lock, so a concurrent request with the same key that committed
+    meanwhile is replayed rather than counted against the rate limit; a race the lock
+    does not serialise ends in an IntegrityError on the key and the replay of the winner."""
+    key = check_key(getattr(request, "idempotency_key", ""))
+    fingerprint = request_fingerprint(request)
+    try:
+        async with sessions.begin() as session:
+            await lock_recipients(session, [new.recipient_hash], now)
+            earlier = await _recall(session, key, fingerprint)
+            if earlier is not None:
+                return earlier
+            await _check_rates(session, new, rates, now)
+            notification_id = str(uuid.uuid4())
+            await session.execute(insert(Notification).values(notification_row(new, notification_id, now)))
+            await session.execute(
+                insert(IdempotencyRecord).values(key_record(key, fingerprint, notification_id, now))
+            )
+        return Queued(notification_id, DeliveryStatus.QUEUED, False)
+    except IntegrityError as exc:
+        async with sessions() as session:
+            winner = await _recall(session, key, fingerprint)
+        if winner is not None:
+            return winner
+        raise Aborted("a concurrent request changed the same data; retry") from exc
 
 
 async def get_notification(session: AsyncSession, notification_id: str, caller: str) -> Notification:
@@ -324,41 +425,96 @@ def outcome_status(result: DeliveryResult, attempts: int, retry: RetryPolicy) ->
     return DeliveryStatus.FAILED if attempts >= retry.max_attempts else DeliveryStatus.QUEUED
 
 
-async def record_outcome(
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    status: DeliveryStatus
+    # False when the claim no longer held the row (lease expired and claimed again, or
+    # the recipient erased meanwhile): nothing was written for this attempt.
+    held: bool
+
+
+_NOTIFICATIONS = cast(Table, Notification.__table__)
+
+
+def _outcome_update(ended: bool) -> object:
+    """One UPDATE for many outcomes (executemany): only the holder of the claim writes."""
+    values: dict[str, object] = {
+        "status": bindparam("o_status"),
+        "updated_at": bindparam("o_now"),
+        "last_error": bindparam("o_error"),
+        "provider_message_id": func.coalesce(
+            bindparam("o_provider", type_=String()), _NOTIFICATIONS.c.provider_message_id
+        ),
+    }
+    if ended:
+        values |= ERASED_ON_END | {"delivery_ended_at": bindparam("o_now")}
+    else:
+        values |= {"next_attempt_at": bindparam("o_next"), "claimed_until": None, "claim_token": None}
+    return (
+        update(_NOTIFICATIONS)
+        .where(
+            _NOTIFICATIONS.c.notification_id == bindparam("o_id"),
+            _NOTIFICATIONS.c.claim_token == bindparam("o_token"),
+            _NOTIFICATIONS.c.status == DeliveryStatus.QUEUED.value,
+        )
+        .values(values)
+    )
+
+
+_RETRY_UPDATE = _outcome_update(ended=False)
+_END_UPDATE = _outcome_update(ended=True)
+
+
+async def record_outcomes(
     session: AsyncSession,
-    claimed: Claimed,
-    result: DeliveryResult,
+    outcomes: Sequence[tuple[Claimed, DeliveryResult]],
     retry: RetryPolicy,
     now: datetime,
-) -> tuple[DeliveryStatus, bool]:
-    """Apply an attempt's outcome; (new status, whether this claim still held the row)."""
-    status = outcome_status(result, claimed.attempts, retry)
-    values: dict[str, object] = {
-        "status": status.value,
-        "updated_at": now,
-        "last_error": None if result.outcome is Outcome.SENT else result.code[:64],
-    }
-    if result.provider_message_id:
-        values["provider_message_id"] = result.provider_message_id
-    if status is DeliveryStatus.QUEUED:
-        values |= {
-            "next_attempt_at": now + retry.delay(claimed.attempts),
-            "claimed_until": None,
-            "claim_token": None,
-        }
-    else:
-        values |= ERASED_ON_END | {"delivery_ended_at": now}
-    updated = await session.execute(
-        update(Notification)
-        .where(
-            Notification.notification_id == claimed.message.notification_id,
-            Notification.claim_token == claimed.claim_token,
-            Notification.status == DeliveryStatus.QUEUED.value,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
+    *,
+    lock_rows: bool,
+) -> list[Recorded]:
+    """Apply many attempts' outcomes in the caller's transaction, in three statements
+    whatever their number: read which claims still hold their rows (locked on
+    PostgreSQL, in id order), then one executemany UPDATE for the retries and one for
+    the messages whose delivery ended. Each result's row is written only by its claim."""
+    ids = sorted({claimed.message.notification_id for claimed, _ in outcomes})
+    holders: Select[str, str | None] = (
+        select(Notification.notification_id, Notification.claim_token)
+        .where(Notification.notification_id.in_(ids), Notification.status == DeliveryStatus.QUEUED.value)
+        .order_by(Notification.notification_id)
     )
-    return status, bool(getattr(updated, "rowcount", 0))
+    if lock_rows:
+        holders = holders.with_for_update()
+    tokens = {row.notification_id: row.claim_token for row in (await session.execute(holders)).all()}
+    recorded: list[Recorded] = []
+    retries: list[dict[str, object]] = []
+    ended: list[dict[str, object]] = []
+    for claimed, result in outcomes:
+        status = outcome_status(result, claimed.attempts, retry)
+        notification_id = claimed.message.notification_id
+        held = tokens.get(notification_id) == claimed.claim_token
+        if held:
+            tokens.pop(notification_id)  # one outcome per claim
+        recorded.append(Recorded(status, held))
+        if not held:
+            continue
+        params: dict[str, object] = {
+            "o_id": notification_id,
+            "o_token": claimed.claim_token,
+            "o_status": status.value,
+            "o_now": now,
+            "o_error": None if result.outcome is Outcome.SENT else result.code[:64],
+            "o_provider": result.provider_message_id,
+        }
+        if status is DeliveryStatus.QUEUED:
+            retries.append(params | {"o_next": now + retry.delay(claimed.attempts)})
+        else:
+            ended.append(params)
+    connection = await session.connection()
+    for statement, rows in ((_RETRY_UPDATE, retries), (_END_UPDATE, ended)):
+        if rows:
+            await connection.execute(statement, rows)  # type: ignore[call-overload]
+    return recorded
 
 
 async def release_claims(

@@ -596,6 +596,34 @@ RETENTION_LEGAL_BASIS_LEGAL_HOLD: RetentionLegalBasis.ValueType  # 3
 """A legal hold is in force."""
 Global___RetentionLegalBasis: _TypeAlias = RetentionLegalBasis  # noqa: Y015
 
+class _ArchiveReadPurpose:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArchiveReadPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArchiveReadPurpose.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARCHIVE_READ_PURPOSE_UNSPECIFIED: _ArchiveReadPurpose.ValueType  # 0
+    """Not set; refused by the server."""
+    ARCHIVE_READ_PURPOSE_LITIGATION: _ArchiveReadPurpose.ValueType  # 1
+    """Litigation or a judicial request."""
+    ARCHIVE_READ_PURPOSE_REGULATOR_INQUIRY: _ArchiveReadPurpose.ValueType  # 2
+    """A supervisory authority's inquiry (tax, CNIL...)."""
+    ARCHIVE_READ_PURPOSE_RIGHTS_REQUEST: _ArchiveReadPurpose.ValueType  # 3
+    """Answering a rights request about archived data."""
+
+class ArchiveReadPurpose(_ArchiveReadPurpose, metaclass=_ArchiveReadPurposeEnumTypeWrapper):
+    """Why archived data is read (RET-07: legal needs only)."""
+
+ARCHIVE_READ_PURPOSE_UNSPECIFIED: ArchiveReadPurpose.ValueType  # 0
+"""Not set; refused by the server."""
+ARCHIVE_READ_PURPOSE_LITIGATION: ArchiveReadPurpose.ValueType  # 1
+"""Litigation or a judicial request."""
+ARCHIVE_READ_PURPOSE_REGULATOR_INQUIRY: ArchiveReadPurpose.ValueType  # 2
+"""A supervisory authority's inquiry (tax, CNIL...)."""
+ARCHIVE_READ_PURPOSE_RIGHTS_REQUEST: ArchiveReadPurpose.ValueType  # 3
+"""Answering a rights request about archived data."""
+Global___ArchiveReadPurpose: _TypeAlias = ArchiveReadPurpose  # noqa: Y015
+
 @_typing.final
 class PriceEntry(_message.Message):
     """One entry of the price catalog."""
@@ -4156,3 +4184,289 @@ class ListSubjectCaseIdsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSubjectCaseIdsResponse: _TypeAlias = ListSubjectCaseIdsResponse  # noqa: Y015
+
+@_typing.final
+class ReadArchivedSubjectRequest(_message.Message):
+    """Request of ReadArchivedSubject."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """Archived subject (payer account id)."""
+    purpose: Global___ArchiveReadPurpose.ValueType
+    """Why it is read (the legal reason); required."""
+    reference: _builtins.str
+    """Opaque reference of the legal matter (docket, inquiry, rights request id), 1 to 128
+    printable characters; required, and no personal data.
+    """
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        purpose: Global___ArchiveReadPurpose.ValueType = ...,
+        reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "reference", b"reference", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadArchivedSubjectRequest: _TypeAlias = ReadArchivedSubjectRequest  # noqa: Y015
+
+@_typing.final
+class ArchiveRetention(_message.Message):
+    """How an archived record is kept."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARCHIVED_AT_FIELD_NUMBER: _builtins.int
+    RETAIN_UNTIL_FIELD_NUMBER: _builtins.int
+    RESTRICTED_FIELD_NUMBER: _builtins.int
+    restricted: _builtins.bool
+    """True when its processing is restricted (GDPR-04, or kept after an erasure request)."""
+    @_builtins.property
+    def archived_at(self) -> _timestamp_pb2.Timestamp:
+        """When the record moved to the archive."""
+
+    @_builtins.property
+    def retain_until(self) -> _timestamp_pb2.Timestamp:
+        """When it becomes purgeable: 10 years for accounting records (BIL-09), 13 months for
+        payment data (RET-05).
+        """
+
+    def __init__(
+        self,
+        *,
+        archived_at: _timestamp_pb2.Timestamp | None = ...,
+        retain_until: _timestamp_pb2.Timestamp | None = ...,
+        restricted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["archived_at", b"archived_at", "retain_until", b"retain_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_at", b"archived_at", "restricted", b"restricted", "retain_until", b"retain_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveRetention: _TypeAlias = ArchiveRetention  # noqa: Y015
+
+@_typing.final
+class ArchivedOrder(_message.Message):
+    """An archived order, as it was when archived."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def order(self) -> Global___Order:
+        """The order."""
+
+    @_builtins.property
+    def retention(self) -> Global___ArchiveRetention:
+        """How it is kept."""
+
+    def __init__(
+        self,
+        *,
+        order: Global___Order | None = ...,
+        retention: Global___ArchiveRetention | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "retention", b"retention"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "retention", b"retention"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchivedOrder: _TypeAlias = ArchivedOrder  # noqa: Y015
+
+@_typing.final
+class ArchivedInvoice(_message.Message):
+    """An archived invoice or credit note (metadata; the document stays in the write-once
+    invoice archive).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invoice(self) -> Global___Invoice:
+        """The invoice or credit note."""
+
+    @_builtins.property
+    def retention(self) -> Global___ArchiveRetention:
+        """How it is kept."""
+
+    def __init__(
+        self,
+        *,
+        invoice: Global___Invoice | None = ...,
+        retention: Global___ArchiveRetention | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice", "retention", b"retention"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice", "retention", b"retention"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchivedInvoice: _TypeAlias = ArchivedInvoice  # noqa: Y015
+
+@_typing.final
+class ArchivedRefund(_message.Message):
+    """An archived refund."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUND_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def refund(self) -> Global___Refund:
+        """The refund."""
+
+    @_builtins.property
+    def retention(self) -> Global___ArchiveRetention:
+        """How it is kept."""
+
+    def __init__(
+        self,
+        *,
+        refund: Global___Refund | None = ...,
+        retention: Global___ArchiveRetention | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "retention", b"retention"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "retention", b"retention"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchivedRefund: _TypeAlias = ArchivedRefund  # noqa: Y015
+
+@_typing.final
+class ArchivedPaymentSummary(_message.Message):
+    """What the archive still holds of an order's card payments (payment data is kept 13
+    months, RET-05). The platform never holds card data: the PSP's page takes the card.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    CAPTURED_COUNT_FIELD_NUMBER: _builtins.int
+    CAPTURED_AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    LATEST_STATUS_FIELD_NUMBER: _builtins.int
+    LATEST_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    CAPTURED_AT_FIELD_NUMBER: _builtins.int
+    PSP_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_COUNT_FIELD_NUMBER: _builtins.int
+    RETAIN_UNTIL_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """The order paid."""
+    attempt_count: _builtins.int
+    """Number of archived payment attempts."""
+    captured_count: _builtins.int
+    """Number of those captured."""
+    captured_amount_cents: _builtins.int
+    """Amount captured, in cents."""
+    currency: _builtins.str
+    """ISO 4217 currency ("EUR")."""
+    latest_status: Global___PaymentStatus.ValueType
+    """Status of the latest attempt."""
+    psp_transaction_id: _builtins.str
+    """The PSP's transaction id of the capture (empty when nothing was captured)."""
+    notification_count: _builtins.int
+    """Number of archived PSP notifications about these attempts."""
+    @_builtins.property
+    def latest_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """When the latest attempt started."""
+
+    @_builtins.property
+    def captured_at(self) -> _timestamp_pb2.Timestamp:
+        """When the payment was captured (unset when nothing was)."""
+
+    @_builtins.property
+    def retain_until(self) -> _timestamp_pb2.Timestamp:
+        """When the last of this payment data becomes purgeable."""
+
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        attempt_count: _builtins.int = ...,
+        captured_count: _builtins.int = ...,
+        captured_amount_cents: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        latest_status: Global___PaymentStatus.ValueType = ...,
+        latest_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        captured_at: _timestamp_pb2.Timestamp | None = ...,
+        psp_transaction_id: _builtins.str = ...,
+        notification_count: _builtins.int = ...,
+        retain_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "latest_attempt_at", b"latest_attempt_at", "retain_until", b"retain_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "captured_amount_cents", b"captured_amount_cents", "captured_at", b"captured_at", "captured_count", b"captured_count", "currency", b"currency", "latest_attempt_at", b"latest_attempt_at", "latest_status", b"latest_status", "notification_count", b"notification_count", "order_id", b"order_id", "psp_transaction_id", b"psp_transaction_id", "retain_until", b"retain_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchivedPaymentSummary: _TypeAlias = ArchivedPaymentSummary  # noqa: Y015
+
+@_typing.final
+class ReadArchivedSubjectResponse(_message.Message):
+    """Response of ReadArchivedSubject."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDERS_FIELD_NUMBER: _builtins.int
+    INVOICES_FIELD_NUMBER: _builtins.int
+    REFUNDS_FIELD_NUMBER: _builtins.int
+    PAYMENTS_FIELD_NUMBER: _builtins.int
+    ARCHIVED_AT_FIELD_NUMBER: _builtins.int
+    RESTRICTED_FIELD_NUMBER: _builtins.int
+    ACCESS_LOG_ID_FIELD_NUMBER: _builtins.int
+    restricted: _builtins.bool
+    """True when processing of the subject's billing data is restricted (GDPR-04)."""
+    access_log_id: _builtins.str
+    """Id of the archive access log entry written for this read."""
+    @_builtins.property
+    def orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArchivedOrder]:
+        """Archived orders, oldest first."""
+
+    @_builtins.property
+    def invoices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArchivedInvoice]:
+        """Archived invoices and credit notes, oldest first."""
+
+    @_builtins.property
+    def refunds(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArchivedRefund]:
+        """Archived refunds, oldest first."""
+
+    @_builtins.property
+    def payments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArchivedPaymentSummary]:
+        """Archived payment data, one summary per order that has some."""
+
+    @_builtins.property
+    def archived_at(self) -> _timestamp_pb2.Timestamp:
+        """When the subject's records were first archived."""
+
+    def __init__(
+        self,
+        *,
+        orders: _abc.Iterable[Global___ArchivedOrder] | None = ...,
+        invoices: _abc.Iterable[Global___ArchivedInvoice] | None = ...,
+        refunds: _abc.Iterable[Global___ArchivedRefund] | None = ...,
+        payments: _abc.Iterable[Global___ArchivedPaymentSummary] | None = ...,
+        archived_at: _timestamp_pb2.Timestamp | None = ...,
+        restricted: _builtins.bool = ...,
+        access_log_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["archived_at", b"archived_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log_id", b"access_log_id", "archived_at", b"archived_at", "invoices", b"invoices", "orders", b"orders", "payments", b"payments", "refunds", b"refunds", "restricted", b"restricted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadArchivedSubjectResponse: _TypeAlias = ReadArchivedSubjectResponse  # noqa: Y015

@@ -250,6 +250,11 @@ class BillingServiceStub:
                 request_serializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsRequest.SerializeToString,
                 response_deserializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsResponse.FromString,
                 _registered_method=True)
+        self.ReadArchivedSubject = channel.unary_unary(
+                '/secondopinion.billing.v1.BillingService/ReadArchivedSubject',
+                request_serializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ReadArchivedSubjectRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ReadArchivedSubjectResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -568,6 +573,19 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadArchivedSubject(self, request, context):
+        """Reads a subject's archived billing records (orders, invoices and credit notes
+        metadata, refunds, a summary of the payments; no card data, the platform holds none)
+        for the DPO, or a coordinator holding the archive-access habilitation, and a legal
+        reason (RET-07). Every attempt is
+        appended to the hash-chained archive access log, refusals included: PERMISSION_DENIED
+        for any other caller, INVALID_ARGUMENT without a reason, NOT_FOUND when nothing of
+        the subject is archived.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -785,6 +803,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListSubjectCaseIds,
                     request_deserializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsRequest.FromString,
                     response_serializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsResponse.SerializeToString,
+            ),
+            'ReadArchivedSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadArchivedSubject,
+                    request_deserializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ReadArchivedSubjectRequest.FromString,
+                    response_serializer=secondopinion_dot_billing_dot_v1_dot_billing__pb2.ReadArchivedSubjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1949,6 +1972,33 @@ class BillingService:
             '/secondopinion.billing.v1.BillingService/ListSubjectCaseIds',
             secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsRequest.SerializeToString,
             secondopinion_dot_billing_dot_v1_dot_billing__pb2.ListSubjectCaseIdsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadArchivedSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.billing.v1.BillingService/ReadArchivedSubject',
+            secondopinion_dot_billing_dot_v1_dot_billing__pb2.ReadArchivedSubjectRequest.SerializeToString,
+            secondopinion_dot_billing_dot_v1_dot_billing__pb2.ReadArchivedSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

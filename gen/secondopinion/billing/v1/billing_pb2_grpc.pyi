@@ -150,6 +150,15 @@ class BillingServiceStub:
     """The case ids of a subject's orders, live or archived: the lifecycle worker hands them
     to services that know cases by id only (matching). Lifecycle worker only.
     """
+    ReadArchivedSubject: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ReadArchivedSubjectRequest, _billing_pb2.ReadArchivedSubjectResponse]
+    """Reads a subject's archived billing records (orders, invoices and credit notes
+    metadata, refunds, a summary of the payments; no card data, the platform holds none)
+    for the DPO, or a coordinator holding the archive-access habilitation, and a legal
+    reason (RET-07). Every attempt is
+    appended to the hash-chained archive access log, refusals included: PERMISSION_DENIED
+    for any other caller, INVALID_ARGUMENT without a reason, NOT_FOUND when nothing of
+    the subject is archived.
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -260,6 +269,15 @@ class BillingServiceAsyncStub(BillingServiceStub):
     ListSubjectCaseIds: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListSubjectCaseIdsRequest, _billing_pb2.ListSubjectCaseIdsResponse]  # type: ignore[assignment]
     """The case ids of a subject's orders, live or archived: the lifecycle worker hands them
     to services that know cases by id only (matching). Lifecycle worker only.
+    """
+    ReadArchivedSubject: _aio.UnaryUnaryMultiCallable[_billing_pb2.ReadArchivedSubjectRequest, _billing_pb2.ReadArchivedSubjectResponse]  # type: ignore[assignment]
+    """Reads a subject's archived billing records (orders, invoices and credit notes
+    metadata, refunds, a summary of the payments; no card data, the platform holds none)
+    for the DPO, or a coordinator holding the archive-access habilitation, and a legal
+    reason (RET-07). Every attempt is
+    appended to the hash-chained archive access log, refusals included: PERMISSION_DENIED
+    for any other caller, INVALID_ARGUMENT without a reason, NOT_FOUND when nothing of
+    the subject is archived.
     """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -626,6 +644,21 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_billing_pb2.ListSubjectCaseIdsResponse, _abc.Awaitable[_billing_pb2.ListSubjectCaseIdsResponse]]:
         """The case ids of a subject's orders, live or archived: the lifecycle worker hands them
         to services that know cases by id only (matching). Lifecycle worker only.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadArchivedSubject(
+        self,
+        request: _billing_pb2.ReadArchivedSubjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ReadArchivedSubjectResponse, _abc.Awaitable[_billing_pb2.ReadArchivedSubjectResponse]]:
+        """Reads a subject's archived billing records (orders, invoices and credit notes
+        metadata, refunds, a summary of the payments; no card data, the platform holds none)
+        for the DPO, or a coordinator holding the archive-access habilitation, and a legal
+        reason (RET-07). Every attempt is
+        appended to the hash-chained archive access log, refusals included: PERMISSION_DENIED
+        for any other caller, INVALID_ARGUMENT without a reason, NOT_FOUND when nothing of
+        the subject is archived.
         """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -403,6 +403,10 @@ class _DocumentContentTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_D
     """image/png."""
     DOCUMENT_CONTENT_TYPE_DICOM: _DocumentContentType.ValueType  # 4
     """application/dicom ("DICM" at byte 128)."""
+    DOCUMENT_CONTENT_TYPE_ZIP: _DocumentContentType.ValueType  # 5
+    """application/zip ("PK\\x03\\x04"): accepted for rights-request answers only (the export
+    archive the platform produces for an access or portability request).
+    """
 
 class DocumentContentType(_DocumentContentType, metaclass=_DocumentContentTypeEnumTypeWrapper):
     """A document's type, as detected from its content (never from its name)."""
@@ -417,6 +421,10 @@ DOCUMENT_CONTENT_TYPE_PNG: DocumentContentType.ValueType  # 3
 """image/png."""
 DOCUMENT_CONTENT_TYPE_DICOM: DocumentContentType.ValueType  # 4
 """application/dicom ("DICM" at byte 128)."""
+DOCUMENT_CONTENT_TYPE_ZIP: DocumentContentType.ValueType  # 5
+"""application/zip ("PK\\x03\\x04"): accepted for rights-request answers only (the export
+archive the platform produces for an access or portability request).
+"""
 Global___DocumentContentType: _TypeAlias = DocumentContentType  # noqa: Y015
 
 class _DocumentStatus:
@@ -471,6 +479,10 @@ class _DocumentSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Docume
     """Uploaded by a referent doctor."""
     DOCUMENT_SOURCE_STAFF_UNDER_MANDATE: _DocumentSource.ValueType  # 4
     """Uploaded by staff under the personal-assistant mandate (CASE-14)."""
+    DOCUMENT_SOURCE_PLATFORM: _DocumentSource.ValueType  # 5
+    """Produced by the platform for the person it belongs to (a rights-request answer);
+    uploaded_by_account_id is that person, who owns it.
+    """
 
 class DocumentSource(_DocumentSource, metaclass=_DocumentSourceEnumTypeWrapper):
     """How a document arrived."""
@@ -485,6 +497,10 @@ DOCUMENT_SOURCE_DOCTOR_UPLOAD: DocumentSource.ValueType  # 3
 """Uploaded by a referent doctor."""
 DOCUMENT_SOURCE_STAFF_UNDER_MANDATE: DocumentSource.ValueType  # 4
 """Uploaded by staff under the personal-assistant mandate (CASE-14)."""
+DOCUMENT_SOURCE_PLATFORM: DocumentSource.ValueType  # 5
+"""Produced by the platform for the person it belongs to (a rights-request answer);
+uploaded_by_account_id is that person, who owns it.
+"""
 Global___DocumentSource: _TypeAlias = DocumentSource  # noqa: Y015
 
 class _DocumentFlagReason:
@@ -1172,6 +1188,145 @@ class GetCaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCaseResponse: _TypeAlias = GetCaseResponse  # noqa: Y015
+
+@_typing.final
+class GetCaseOverviewRequest(_message.Message):
+    """Request of GetCaseOverview."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_FORM_ANSWERS_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """The case to read."""
+    include_form_answers: _builtins.bool
+    """Also return, for each form, the latest answers the caller may read and the form's
+    current definition (what the referent doctor's page shows).
+    """
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        include_form_answers: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "include_form_answers", b"include_form_answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCaseOverviewRequest: _TypeAlias = GetCaseOverviewRequest  # noqa: Y015
+
+@_typing.final
+class CaseFormOverview(_message.Message):
+    """One form of a case, in an overview."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    kind: Global___FormKind.ValueType
+    """Which form."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___FormAnswers]:
+        """The versions the caller may see, oldest first, without answers_json (as
+        ListFormVersions returns them: a referent doctor sees submitted versions only).
+        """
+
+    @_builtins.property
+    def answers(self) -> Global___FormAnswers:
+        """With include_form_answers: the latest version the caller may read, with its answers
+        (as GetFormAnswers with version 0 returns it); unset when there is none.
+        """
+
+    @_builtins.property
+    def definition(self) -> Global___FormDefinition:
+        """With include_form_answers, when answers is set: the form's current definition for
+        the case's therapeutic area (as GetFormDefinition with version 0 returns it).
+        """
+
+    def __init__(
+        self,
+        *,
+        kind: Global___FormKind.ValueType = ...,
+        versions: _abc.Iterable[Global___FormAnswers] | None = ...,
+        answers: Global___FormAnswers | None = ...,
+        definition: Global___FormDefinition | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "definition", b"definition"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "definition", b"definition", "kind", b"kind", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseFormOverview: _TypeAlias = CaseFormOverview  # noqa: Y015
+
+@_typing.final
+class GetCaseOverviewResponse(_message.Message):
+    """Response of GetCaseOverview."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    MESSAGES_NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REPORTS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    FORMS_FIELD_NUMBER: _builtins.int
+    documents_next_page_token: _builtins.str
+    """Page token for ListDocuments when the case has more documents; empty otherwise."""
+    messages_next_page_token: _builtins.str
+    """Page token for ListMessages when the thread is longer; empty otherwise."""
+    @_builtins.property
+    def case(self) -> Global___Case:
+        """The case."""
+
+    @_builtins.property
+    def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Document]:
+        """The documents (metadata only), as the first page of ListDocuments."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ThreadMessage]:
+        """The thread, as the first page of ListMessages."""
+
+    @_builtins.property
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___Report]:
+        """Reports and addenda, oldest first, as ListCaseReports returns them (without bodies),
+        except the caller's own draft, which carries its body (as GetReport returns it to
+        its author).
+        """
+
+    @_builtins.property
+    def notes(self) -> Global___CaseNotes:
+        """The notes (empty text when none)."""
+
+    @_builtins.property
+    def forms(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseFormOverview]:
+        """The pre-form, then the pathology form."""
+
+    def __init__(
+        self,
+        *,
+        case: Global___Case | None = ...,
+        documents: _abc.Iterable[Global___Document] | None = ...,
+        documents_next_page_token: _builtins.str = ...,
+        messages: _abc.Iterable[Global___ThreadMessage] | None = ...,
+        messages_next_page_token: _builtins.str = ...,
+        reports: _abc.Iterable[Global___Report] | None = ...,
+        notes: Global___CaseNotes | None = ...,
+        forms: _abc.Iterable[Global___CaseFormOverview] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case", b"case", "notes", b"notes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case", b"case", "documents", b"documents", "documents_next_page_token", b"documents_next_page_token", "forms", b"forms", "messages", b"messages", "messages_next_page_token", b"messages_next_page_token", "notes", b"notes", "reports", b"reports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCaseOverviewResponse: _TypeAlias = GetCaseOverviewResponse  # noqa: Y015
 
 @_typing.final
 class ListCasesRequest(_message.Message):
@@ -2376,6 +2531,7 @@ class UploadDocumentMetadata(_message.Message):
     FILE_NAME_FIELD_NUMBER: _builtins.int
     DECLARED_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     REPLACES_DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     """The case the document belongs to (empty for account-level proofs)."""
     beneficiary_id: _builtins.str
@@ -2388,6 +2544,10 @@ class UploadDocumentMetadata(_message.Message):
     """Size announced by the client; the upload fails if the bytes differ or exceed the limit."""
     replaces_document_id: _builtins.str
     """Flagged document this upload replaces (empty otherwise)."""
+    subject_account_id: _builtins.str
+    """Account-level documents uploaded by the platform for a person (rights-request
+    answers): that person. Empty otherwise.
+    """
     def __init__(
         self,
         *,
@@ -2397,10 +2557,11 @@ class UploadDocumentMetadata(_message.Message):
         file_name: _builtins.str = ...,
         declared_size_bytes: _builtins.int = ...,
         replaces_document_id: _builtins.str = ...,
+        subject_account_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beneficiary_id", b"beneficiary_id", "case_id", b"case_id", "declared_size_bytes", b"declared_size_bytes", "file_name", b"file_name", "purpose", b"purpose", "replaces_document_id", b"replaces_document_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beneficiary_id", b"beneficiary_id", "case_id", b"case_id", "declared_size_bytes", b"declared_size_bytes", "file_name", b"file_name", "purpose", b"purpose", "replaces_document_id", b"replaces_document_id", "subject_account_id", b"subject_account_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -4404,3 +4565,83 @@ class ReadArchivedSubjectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadArchivedSubjectResponse: _TypeAlias = ReadArchivedSubjectResponse  # noqa: Y015
+
+@_typing.final
+class ListSubjectCasesRequest(_message.Message):
+    """Request of ListSubjectCases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """Subject whose cases are listed (account id of the filer)."""
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubjectCasesRequest: _TypeAlias = ListSubjectCasesRequest  # noqa: Y015
+
+@_typing.final
+class SubjectCase(_message.Message):
+    """One of a subject's cases, as ListSubjectCases reports it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PROCESSING_RESTRICTED_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """Case id."""
+    status: Global___CaseStatus.ValueType
+    """Status of the case; CASE_STATUS_UNSPECIFIED while its processing is restricted
+    (GDPR-04: a restricted case is not processed, its status is not read).
+    """
+    processing_restricted: _builtins.bool
+    """True while processing of the case is restricted (GDPR-04)."""
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        status: Global___CaseStatus.ValueType = ...,
+        processing_restricted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "processing_restricted", b"processing_restricted", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectCase: _TypeAlias = SubjectCase  # noqa: Y015
+
+@_typing.final
+class ListSubjectCasesResponse(_message.Message):
+    """Response of ListSubjectCases. Archived and purged cases are out of reach and not
+    listed (RET-07); a subject with no case gets an empty list.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubjectCase]:
+        """The subject's live cases, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        cases: _abc.Iterable[Global___SubjectCase] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases", b"cases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubjectCasesResponse: _TypeAlias = ListSubjectCasesResponse  # noqa: Y015

@@ -45,6 +45,11 @@ class DossierServiceStub:
                 request_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseRequest.SerializeToString,
                 response_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseResponse.FromString,
                 _registered_method=True)
+        self.GetCaseOverview = channel.unary_unary(
+                '/secondopinion.dossier.v1.DossierService/GetCaseOverview',
+                request_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseOverviewRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseOverviewResponse.FromString,
+                _registered_method=True)
         self.ListCases = channel.unary_unary(
                 '/secondopinion.dossier.v1.DossierService/ListCases',
                 request_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ListCasesRequest.SerializeToString,
@@ -260,6 +265,11 @@ class DossierServiceStub:
                 request_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectRequest.SerializeToString,
                 response_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectResponse.FromString,
                 _registered_method=True)
+        self.ListSubjectCases = channel.unary_unary(
+                '/secondopinion.dossier.v1.DossierService/ListSubjectCases',
+                request_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ListSubjectCasesRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ListSubjectCasesResponse.FromString,
+                _registered_method=True)
 
 
 class DossierServiceServicer:
@@ -275,6 +285,15 @@ class DossierServiceServicer:
 
     def GetCase(self, request, context):
         """Reads one case.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCaseOverview(self, request, context):
+        """Reads what a case page shows, in one transaction logged as one read of the case:
+        the case, its documents (metadata), thread, reports (metadata), notes and forms,
+        each as the caller may see it through the individual reads (same access rules).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -596,6 +615,15 @@ class DossierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSubjectCases(self, request, context):
+        """Lists a subject's cases with their status, for the lifecycle worker (platform
+        services only) deciding whether an erasure can run (GDPR-03); one access-log entry
+        per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DossierServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -608,6 +636,11 @@ def add_DossierServiceServicer_to_server(servicer, server):
                     servicer.GetCase,
                     request_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseRequest.FromString,
                     response_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseResponse.SerializeToString,
+            ),
+            'GetCaseOverview': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaseOverview,
+                    request_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseOverviewRequest.FromString,
+                    response_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseOverviewResponse.SerializeToString,
             ),
             'ListCases': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCases,
@@ -824,6 +857,11 @@ def add_DossierServiceServicer_to_server(servicer, server):
                     request_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectRequest.FromString,
                     response_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectResponse.SerializeToString,
             ),
+            'ListSubjectCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubjectCases,
+                    request_deserializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ListSubjectCasesRequest.FromString,
+                    response_serializer=secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ListSubjectCasesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'secondopinion.dossier.v1.DossierService', rpc_method_handlers)
@@ -880,6 +918,33 @@ class DossierService:
             '/secondopinion.dossier.v1.DossierService/GetCase',
             secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseRequest.SerializeToString,
             secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCaseOverview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.dossier.v1.DossierService/GetCaseOverview',
+            secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseOverviewRequest.SerializeToString,
+            secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.GetCaseOverviewResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -2041,6 +2106,33 @@ class DossierService:
             '/secondopinion.dossier.v1.DossierService/ReadArchivedSubject',
             secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectRequest.SerializeToString,
             secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ReadArchivedSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubjectCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.dossier.v1.DossierService/ListSubjectCases',
+            secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ListSubjectCasesRequest.SerializeToString,
+            secondopinion_dot_dossier_dot_v1_dot_dossier__pb2.ListSubjectCasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,11 @@ class DossierServiceStub:
     """Creates a case (opinion request) in draft (ACC-01, ACC-03, CASE-01, CASE-08, CASE-13)."""
     GetCase: _grpc.UnaryUnaryMultiCallable[_dossier_pb2.GetCaseRequest, _dossier_pb2.GetCaseResponse]
     """Reads one case."""
+    GetCaseOverview: _grpc.UnaryUnaryMultiCallable[_dossier_pb2.GetCaseOverviewRequest, _dossier_pb2.GetCaseOverviewResponse]
+    """Reads what a case page shows, in one transaction logged as one read of the case:
+    the case, its documents (metadata), thread, reports (metadata), notes and forms,
+    each as the caller may see it through the individual reads (same access rules).
+    """
     ListCases: _grpc.UnaryUnaryMultiCallable[_dossier_pb2.ListCasesRequest, _dossier_pb2.ListCasesResponse]
     """Lists cases: the caller's own, those assigned to the calling doctor, or those at
     risk or escalated (coordinators) (CASE-12).
@@ -165,6 +170,11 @@ class DossierServiceStub:
     """Reads a subject's archived medical file, for habilitated staff and a legal reason;
     every read is logged (RET-07).
     """
+    ListSubjectCases: _grpc.UnaryUnaryMultiCallable[_dossier_pb2.ListSubjectCasesRequest, _dossier_pb2.ListSubjectCasesResponse]
+    """Lists a subject's cases with their status, for the lifecycle worker (platform
+    services only) deciding whether an erasure can run (GDPR-03); one access-log entry
+    per call.
+    """
 
 @_typing.type_check_only
 class DossierServiceAsyncStub(DossierServiceStub):
@@ -175,6 +185,11 @@ class DossierServiceAsyncStub(DossierServiceStub):
     """Creates a case (opinion request) in draft (ACC-01, ACC-03, CASE-01, CASE-08, CASE-13)."""
     GetCase: _aio.UnaryUnaryMultiCallable[_dossier_pb2.GetCaseRequest, _dossier_pb2.GetCaseResponse]  # type: ignore[assignment]
     """Reads one case."""
+    GetCaseOverview: _aio.UnaryUnaryMultiCallable[_dossier_pb2.GetCaseOverviewRequest, _dossier_pb2.GetCaseOverviewResponse]  # type: ignore[assignment]
+    """Reads what a case page shows, in one transaction logged as one read of the case:
+    the case, its documents (metadata), thread, reports (metadata), notes and forms,
+    each as the caller may see it through the individual reads (same access rules).
+    """
     ListCases: _aio.UnaryUnaryMultiCallable[_dossier_pb2.ListCasesRequest, _dossier_pb2.ListCasesResponse]  # type: ignore[assignment]
     """Lists cases: the caller's own, those assigned to the calling doctor, or those at
     risk or escalated (coordinators) (CASE-12).
@@ -289,6 +304,11 @@ class DossierServiceAsyncStub(DossierServiceStub):
     """Reads a subject's archived medical file, for habilitated staff and a legal reason;
     every read is logged (RET-07).
     """
+    ListSubjectCases: _aio.UnaryUnaryMultiCallable[_dossier_pb2.ListSubjectCasesRequest, _dossier_pb2.ListSubjectCasesResponse]  # type: ignore[assignment]
+    """Lists a subject's cases with their status, for the lifecycle worker (platform
+    services only) deciding whether an erasure can run (GDPR-03); one access-log entry
+    per call.
+    """
 
 class DossierServiceServicer(metaclass=_abc_1.ABCMeta):
     """The medical file of each opinion request."""
@@ -308,6 +328,17 @@ class DossierServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dossier_pb2.GetCaseResponse, _abc.Awaitable[_dossier_pb2.GetCaseResponse]]:
         """Reads one case."""
+
+    @_abc_1.abstractmethod
+    def GetCaseOverview(
+        self,
+        request: _dossier_pb2.GetCaseOverviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dossier_pb2.GetCaseOverviewResponse, _abc.Awaitable[_dossier_pb2.GetCaseOverviewResponse]]:
+        """Reads what a case page shows, in one transaction logged as one read of the case:
+        the case, its documents (metadata), thread, reports (metadata), notes and forms,
+        each as the caller may see it through the individual reads (same access rules).
+        """
 
     @_abc_1.abstractmethod
     def ListCases(
@@ -679,6 +710,17 @@ class DossierServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_dossier_pb2.ReadArchivedSubjectResponse, _abc.Awaitable[_dossier_pb2.ReadArchivedSubjectResponse]]:
         """Reads a subject's archived medical file, for habilitated staff and a legal reason;
         every read is logged (RET-07).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSubjectCases(
+        self,
+        request: _dossier_pb2.ListSubjectCasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dossier_pb2.ListSubjectCasesResponse, _abc.Awaitable[_dossier_pb2.ListSubjectCasesResponse]]:
+        """Lists a subject's cases with their status, for the lifecycle worker (platform
+        services only) deciding whether an erasure can run (GDPR-03); one access-log entry
+        per call.
         """
 
 def add_DossierServiceServicer_to_server(servicer: DossierServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -30,6 +30,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _AccountRole:
@@ -230,6 +235,8 @@ class _AuthenticationMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     """A session that passed a fresh step-up code."""
     AUTHENTICATION_METHOD_STAFF_ON_BEHALF: _AuthenticationMethod.ValueType  # 5
     """Recorded by staff on the person's behalf (postal form, personal assistant)."""
+    AUTHENTICATION_METHOD_SERVICE: _AuthenticationMethod.ValueType  # 6
+    """Recorded for an internal service acting as itself (the provisioning tool)."""
 
 class AuthenticationMethod(_AuthenticationMethod, metaclass=_AuthenticationMethodEnumTypeWrapper):
     """How a person was authenticated when an evidence record was made (CNS-05)."""
@@ -246,6 +253,8 @@ AUTHENTICATION_METHOD_STEP_UP: AuthenticationMethod.ValueType  # 4
 """A session that passed a fresh step-up code."""
 AUTHENTICATION_METHOD_STAFF_ON_BEHALF: AuthenticationMethod.ValueType  # 5
 """Recorded by staff on the person's behalf (postal form, personal assistant)."""
+AUTHENTICATION_METHOD_SERVICE: AuthenticationMethod.ValueType  # 6
+"""Recorded for an internal service acting as itself (the provisioning tool)."""
 Global___AuthenticationMethod: _TypeAlias = AuthenticationMethod  # noqa: Y015
 
 class _StepUpPurpose:
@@ -464,6 +473,10 @@ class _EvidenceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Evidence
     """An objection was lifted."""
     EVIDENCE_KIND_MINOR_INFORMED_ATTESTED: _EvidenceKind.ValueType  # 6
     """A parent attested a minor under 15 was informed (ACC-13)."""
+    EVIDENCE_KIND_HABILITATION_GRANTED: _EvidenceKind.ValueType  # 7
+    """A habilitation was granted to the account (SEC-05); recorded_by_account_id granted it."""
+    EVIDENCE_KIND_HABILITATION_REVOKED: _EvidenceKind.ValueType  # 8
+    """A habilitation was revoked from the account (SEC-05); recorded_by_account_id revoked it."""
 
 class EvidenceKind(_EvidenceKind, metaclass=_EvidenceKindEnumTypeWrapper):
     """The kind of an evidence record."""
@@ -482,6 +495,10 @@ EVIDENCE_KIND_OBJECTION_WITHDRAWN: EvidenceKind.ValueType  # 5
 """An objection was lifted."""
 EVIDENCE_KIND_MINOR_INFORMED_ATTESTED: EvidenceKind.ValueType  # 6
 """A parent attested a minor under 15 was informed (ACC-13)."""
+EVIDENCE_KIND_HABILITATION_GRANTED: EvidenceKind.ValueType  # 7
+"""A habilitation was granted to the account (SEC-05); recorded_by_account_id granted it."""
+EVIDENCE_KIND_HABILITATION_REVOKED: EvidenceKind.ValueType  # 8
+"""A habilitation was revoked from the account (SEC-05); recorded_by_account_id revoked it."""
 Global___EvidenceKind: _TypeAlias = EvidenceKind  # noqa: Y015
 
 class _ConsentKind:
@@ -1052,7 +1069,7 @@ Global___GetAccountResponse: _TypeAlias = GetAccountResponse  # noqa: Y015
 
 @_typing.final
 class UpdateContactDetailsRequest(_message.Message):
-    """Request of UpdateContactDetails."""
+    """Request of UpdateContactDetails (deprecated: every call is refused)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1064,10 +1081,34 @@ class UpdateContactDetailsRequest(_message.Message):
     """Idempotency key, derived from a stable business identity (the change form
     submission); a reused key with different parameters is refused.
     """
-    email: _builtins.str
-    """New email address; empty keeps the current one."""
-    phone_number: _builtins.str
-    """New mobile phone number; empty keeps the current one."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def email(self) -> _builtins.str:
+        """Must stay empty: an email change is confirmed by a code sent to the new address
+        (StartEmailChange); a value is refused with INVALID_ARGUMENT.
+        """
+
+    @email.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def email(self, value: _builtins.str) -> None:
+        """Must stay empty: an email change is confirmed by a code sent to the new address
+        (StartEmailChange); a value is refused with INVALID_ARGUMENT.
+        """
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def phone_number(self) -> _builtins.str:
+        """Must stay empty: a phone change is confirmed by a code sent to the new number
+        (StartPhoneNumberChange); a value is refused with INVALID_ARGUMENT.
+        """
+
+    @phone_number.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def phone_number(self, value: _builtins.str) -> None:
+        """Must stay empty: a phone change is confirmed by a code sent to the new number
+        (StartPhoneNumberChange); a value is refused with INVALID_ARGUMENT.
+        """
+
     @_builtins.property
     def client(self) -> Global___ClientInfo:
         """Where the request came from (kept in the authentication log)."""
@@ -1111,6 +1152,266 @@ class UpdateContactDetailsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateContactDetailsResponse: _TypeAlias = UpdateContactDetailsResponse  # noqa: Y015
+
+@_typing.final
+class StartEmailChangeRequest(_message.Message):
+    """Request of StartEmailChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Idempotency key, derived from a stable business identity (the change form
+    submission); a retry does not send a second code. A reused key with different
+    parameters is refused.
+    """
+    email: _builtins.str
+    """New email address; the code goes there."""
+    @_builtins.property
+    def client(self) -> Global___ClientInfo:
+        """Where the request came from (kept in the authentication log)."""
+
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        email: _builtins.str = ...,
+        client: Global___ClientInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "email", b"email", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartEmailChangeRequest: _TypeAlias = StartEmailChangeRequest  # noqa: Y015
+
+@_typing.final
+class StartEmailChangeResponse(_message.Message):
+    """Response of StartEmailChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    CODE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    change_id: _builtins.str
+    """Id of the pending change (UUID), to confirm with the code."""
+    email: _builtins.str
+    """The new address the code went to, as typed (so that a typo shows before the code is
+    awaited).
+    """
+    @_builtins.property
+    def code_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the code expires."""
+
+    def __init__(
+        self,
+        *,
+        change_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        code_expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code_expires_at", b"code_expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_id", b"change_id", "code_expires_at", b"code_expires_at", "email", b"email"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartEmailChangeResponse: _TypeAlias = StartEmailChangeResponse  # noqa: Y015
+
+@_typing.final
+class ConfirmEmailChangeRequest(_message.Message):
+    """Request of ConfirmEmailChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    CHANGE_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Idempotency key, derived from a stable business identity (the confirmation form
+    submission); a retry after success answers again without a second change.
+    """
+    change_id: _builtins.str
+    """Pending change the code answers."""
+    code: _builtins.str
+    """The code received at the new address, as typed."""
+    @_builtins.property
+    def client(self) -> Global___ClientInfo:
+        """Where the request came from (kept in the authentication log)."""
+
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        change_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        client: Global___ClientInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_id", b"change_id", "client", b"client", "code", b"code", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmEmailChangeRequest: _TypeAlias = ConfirmEmailChangeRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmEmailChangeResponse(_message.Message):
+    """Response of ConfirmEmailChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmEmailChangeResponse: _TypeAlias = ConfirmEmailChangeResponse  # noqa: Y015
+
+@_typing.final
+class StartPhoneNumberChangeRequest(_message.Message):
+    """Request of StartPhoneNumberChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Idempotency key, derived from a stable business identity (the change form
+    submission); a retry does not send a second code. A reused key with different
+    parameters is refused.
+    """
+    phone_number: _builtins.str
+    """New mobile phone number (E.164 or French national format); the code goes there."""
+    @_builtins.property
+    def client(self) -> Global___ClientInfo:
+        """Where the request came from (kept in the authentication log)."""
+
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        phone_number: _builtins.str = ...,
+        client: Global___ClientInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "idempotency_key", b"idempotency_key", "phone_number", b"phone_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartPhoneNumberChangeRequest: _TypeAlias = StartPhoneNumberChangeRequest  # noqa: Y015
+
+@_typing.final
+class StartPhoneNumberChangeResponse(_message.Message):
+    """Response of StartPhoneNumberChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_ID_FIELD_NUMBER: _builtins.int
+    MASKED_PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    CODE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    change_id: _builtins.str
+    """Id of the pending change (UUID), to confirm with the code."""
+    masked_phone_number: _builtins.str
+    """The new number, masked, as the person can recognise it."""
+    @_builtins.property
+    def code_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the code expires."""
+
+    def __init__(
+        self,
+        *,
+        change_id: _builtins.str = ...,
+        masked_phone_number: _builtins.str = ...,
+        code_expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code_expires_at", b"code_expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_id", b"change_id", "code_expires_at", b"code_expires_at", "masked_phone_number", b"masked_phone_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartPhoneNumberChangeResponse: _TypeAlias = StartPhoneNumberChangeResponse  # noqa: Y015
+
+@_typing.final
+class ConfirmPhoneNumberChangeRequest(_message.Message):
+    """Request of ConfirmPhoneNumberChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    CHANGE_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Idempotency key, derived from a stable business identity (the confirmation form
+    submission); a retry after success answers again without a second change.
+    """
+    change_id: _builtins.str
+    """Pending change the code answers."""
+    code: _builtins.str
+    """The code received on the new number, as typed."""
+    @_builtins.property
+    def client(self) -> Global___ClientInfo:
+        """Where the request came from (kept in the authentication log)."""
+
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        change_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        client: Global___ClientInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_id", b"change_id", "client", b"client", "code", b"code", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmPhoneNumberChangeRequest: _TypeAlias = ConfirmPhoneNumberChangeRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmPhoneNumberChangeResponse(_message.Message):
+    """Response of ConfirmPhoneNumberChange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmPhoneNumberChangeResponse: _TypeAlias = ConfirmPhoneNumberChangeResponse  # noqa: Y015
 
 @_typing.final
 class UpdatePreferencesRequest(_message.Message):
@@ -1285,6 +1586,7 @@ class GrantHabilitationRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     HABILITATION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Idempotency key, derived from a stable business identity (the habilitation
     decision); a reused key with different parameters is refused.
@@ -1293,16 +1595,21 @@ class GrantHabilitationRequest(_message.Message):
     """Staff account receiving the habilitation."""
     habilitation: Global___Habilitation.ValueType
     """The habilitation granted."""
+    reason: _builtins.str
+    """Why it is granted (the staff member's task, the decision's reference); 1 to 500
+    characters, kept with the grant. No health data.
+    """
     def __init__(
         self,
         *,
         idempotency_key: _builtins.str = ...,
         account_id: _builtins.str = ...,
         habilitation: Global___Habilitation.ValueType = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "habilitation", b"habilitation", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "habilitation", b"habilitation", "idempotency_key", b"idempotency_key", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1341,6 +1648,7 @@ class RevokeHabilitationRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     HABILITATION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Idempotency key, derived from a stable business identity (the revocation
     decision); a reused key with different parameters is refused.
@@ -1349,16 +1657,19 @@ class RevokeHabilitationRequest(_message.Message):
     """Staff account losing the habilitation."""
     habilitation: Global___Habilitation.ValueType
     """The habilitation revoked."""
+    reason: _builtins.str
+    """Why it is revoked (end of the task, departure...); at most 500 characters, optional."""
     def __init__(
         self,
         *,
         idempotency_key: _builtins.str = ...,
         account_id: _builtins.str = ...,
         habilitation: Global___Habilitation.ValueType = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "habilitation", b"habilitation", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "habilitation", b"habilitation", "idempotency_key", b"idempotency_key", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1835,11 +2146,11 @@ class TokenSigningKey(_message.Message):
     """Raw public key bytes."""
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp:
-        """Tokens signed before this time are refused."""
+        """Tokens signed before this time are refused (unset: no lower bound)."""
 
     @_builtins.property
     def not_after(self) -> _timestamp_pb2.Timestamp:
-        """Tokens are not verified with this key after this time."""
+        """Tokens are not verified with this key after this time (unset: until replaced)."""
 
     def __init__(
         self,
@@ -1860,7 +2171,9 @@ Global___TokenSigningKey: _TypeAlias = TokenSigningKey  # noqa: Y015
 
 @_typing.final
 class ListTokenSigningKeysRequest(_message.Message):
-    """Request of ListTokenSigningKeys. Callable without an internal token."""
+    """Request of ListTokenSigningKeys. Any caller with a valid internal token; the answer
+    holds public keys only.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -3757,12 +4070,13 @@ class EvidenceRecord(_message.Message):
     PREVIOUS_HASH_HEX_FIELD_NUMBER: _builtins.int
     RECORD_HASH_HEX_FIELD_NUMBER: _builtins.int
     RECORDED_BY_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    HABILITATION_FIELD_NUMBER: _builtins.int
     record_id: _builtins.str
     """Record id (UUID)."""
     sequence: _builtins.int
     """Position in the chain (1, 2, 3...)."""
     account_id: _builtins.str
-    """The account that acted."""
+    """The account that acted (habilitation records: the account habilitated)."""
     beneficiary_id: _builtins.str
     """The beneficiary the act was for (empty when for oneself)."""
     kind: Global___EvidenceKind.ValueType
@@ -3792,7 +4106,11 @@ class EvidenceRecord(_message.Message):
     record_hash_hex: _builtins.str
     """Hash (hex) of this record, covering every field above and the previous hash."""
     recorded_by_account_id: _builtins.str
-    """Staff account that recorded it on the person's behalf (empty otherwise)."""
+    """Staff account that recorded it on the person's behalf, or that granted or revoked a
+    habilitation (an internal service's name when the provisioning tool did); empty otherwise.
+    """
+    habilitation: Global___Habilitation.ValueType
+    """The habilitation concerned (habilitation records)."""
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
         """When it was recorded."""
@@ -3819,10 +4137,11 @@ class EvidenceRecord(_message.Message):
         previous_hash_hex: _builtins.str = ...,
         record_hash_hex: _builtins.str = ...,
         recorded_by_account_id: _builtins.str = ...,
+        habilitation: Global___Habilitation.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "authentication_method", b"authentication_method", "beneficiary_id", b"beneficiary_id", "consent_kind", b"consent_kind", "ip_address", b"ip_address", "kind", b"kind", "objection_kind", b"objection_kind", "previous_hash_hex", b"previous_hash_hex", "record_hash_hex", b"record_hash_hex", "record_id", b"record_id", "recorded_at", b"recorded_at", "recorded_by_account_id", b"recorded_by_account_id", "sequence", b"sequence", "session_id", b"session_id", "text_id", b"text_id", "text_kind", b"text_kind", "text_sha256_hex", b"text_sha256_hex", "text_version", b"text_version", "user_agent", b"user_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "authentication_method", b"authentication_method", "beneficiary_id", b"beneficiary_id", "consent_kind", b"consent_kind", "habilitation", b"habilitation", "ip_address", b"ip_address", "kind", b"kind", "objection_kind", b"objection_kind", "previous_hash_hex", b"previous_hash_hex", "record_hash_hex", b"record_hash_hex", "record_id", b"record_id", "recorded_at", b"recorded_at", "recorded_by_account_id", b"recorded_by_account_id", "sequence", b"sequence", "session_id", b"session_id", "text_id", b"text_id", "text_kind", b"text_kind", "text_sha256_hex", b"text_sha256_hex", "text_version", b"text_version", "user_agent", b"user_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

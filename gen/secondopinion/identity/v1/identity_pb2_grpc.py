@@ -56,6 +56,26 @@ class IdentityServiceStub:
                 request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.UpdateContactDetailsRequest.SerializeToString,
                 response_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.UpdateContactDetailsResponse.FromString,
                 _registered_method=True)
+        self.StartEmailChange = channel.unary_unary(
+                '/secondopinion.identity.v1.IdentityService/StartEmailChange',
+                request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartEmailChangeRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartEmailChangeResponse.FromString,
+                _registered_method=True)
+        self.ConfirmEmailChange = channel.unary_unary(
+                '/secondopinion.identity.v1.IdentityService/ConfirmEmailChange',
+                request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmEmailChangeRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmEmailChangeResponse.FromString,
+                _registered_method=True)
+        self.StartPhoneNumberChange = channel.unary_unary(
+                '/secondopinion.identity.v1.IdentityService/StartPhoneNumberChange',
+                request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartPhoneNumberChangeRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartPhoneNumberChangeResponse.FromString,
+                _registered_method=True)
+        self.ConfirmPhoneNumberChange = channel.unary_unary(
+                '/secondopinion.identity.v1.IdentityService/ConfirmPhoneNumberChange',
+                request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmPhoneNumberChangeRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmPhoneNumberChangeResponse.FromString,
+                _registered_method=True)
         self.UpdatePreferences = channel.unary_unary(
                 '/secondopinion.identity.v1.IdentityService/UpdatePreferences',
                 request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.UpdatePreferencesRequest.SerializeToString,
@@ -425,8 +445,54 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateContactDetails(self, request, context):
-        """Changes the caller's email or mobile phone (requires a recent step-up; the old
-        contact is notified).
+        """Deprecated: changed the caller's email at once. Every contact change is now confirmed
+        by a code sent to the new address or number, so every call is refused with
+        INVALID_ARGUMENT: an email goes through StartEmailChange, a phone number through
+        StartPhoneNumberChange. Kept so that older callers get a clear answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartEmailChange(self, request, context):
+        """Starts a change of the caller's email (ACC-06). Requires a step-up passed on the
+        current session for the CHANGE_CREDENTIALS purpose within the step-up window (the code
+        went to the current phone, or TOTP for staff): FAILED_PRECONDITION otherwise. A 6-digit
+        code is sent by email to the NEW address and the address on file stays in force (login
+        included) until ConfirmEmailChange. The address on file yields FAILED_PRECONDITION, an
+        address another account uses ALREADY_EXISTS. A new start replaces the pending email
+        change; too many codes yield RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmEmailChange(self, request, context):
+        """Confirms a pending email change with the code received at the new address, on the
+        session that started it; the address is switched and both the old and the new address
+        are notified. A wrong code yields UNAUTHENTICATED and counts toward the lock (ACC-07);
+        after 3 wrong codes, or once the code expired, the change ends (FAILED_PRECONDITION):
+        start again. An address taken by another account meanwhile yields ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartPhoneNumberChange(self, request, context):
+        """Starts a change of the caller's mobile phone (ACC-06). Requires the same step-up as
+        StartEmailChange (FAILED_PRECONDITION otherwise); a 6-digit code is sent by SMS to
+        the NEW number and the number on file stays in force until ConfirmPhoneNumberChange.
+        A new start replaces the pending change; too many codes yield RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmPhoneNumberChange(self, request, context):
+        """Confirms a pending phone change with the code received on the new number, on the
+        session that started it; the number is switched and the email on file is notified. A
+        wrong code yields UNAUTHENTICATED and counts toward the lock (ACC-07); after 3 wrong
+        codes, or once the code expired, the change ends (FAILED_PRECONDITION): start again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -455,14 +521,22 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GrantHabilitation(self, request, context):
-        """Grants a habilitation to a staff account (administrators only, SEC-05).
+        """Grants a habilitation to a staff account (administrators and the provisioning tool
+        only, SEC-05, CASE-14). Each kind goes to the roles it fits (health data and the
+        personal assistant: coordinators; archive access and rights requests: coordinators and
+        the DPO); any other account yields FAILED_PRECONDITION. Granting one already held
+        changes nothing. Recorded in the evidence chain. The account's internal tokens carry
+        it from the next token (tokens live 5 minutes); GetAccount lists the active ones and
+        ListEvidenceRecords their history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeHabilitation(self, request, context):
-        """Revokes a habilitation from a staff account (administrators only, SEC-05).
+        """Revokes a habilitation from a staff account (same callers, SEC-05). Revoking one not
+        held changes nothing. Recorded in the evidence chain. Takes effect at the account's
+        next internal token: tokens already minted keep it until they expire (5 minutes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -517,7 +591,8 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTokenSigningKeys(self, request, context):
-        """Lists the public keys that verify internal tokens, current and next (rotation).
+        """Lists the public keys that verify internal tokens (every trusted issuer's, identity's
+        first), current and next (rotation).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -949,6 +1024,26 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.UpdateContactDetails,
                     request_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.UpdateContactDetailsRequest.FromString,
                     response_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.UpdateContactDetailsResponse.SerializeToString,
+            ),
+            'StartEmailChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartEmailChange,
+                    request_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartEmailChangeRequest.FromString,
+                    response_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartEmailChangeResponse.SerializeToString,
+            ),
+            'ConfirmEmailChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmEmailChange,
+                    request_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmEmailChangeRequest.FromString,
+                    response_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmEmailChangeResponse.SerializeToString,
+            ),
+            'StartPhoneNumberChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartPhoneNumberChange,
+                    request_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartPhoneNumberChangeRequest.FromString,
+                    response_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartPhoneNumberChangeResponse.SerializeToString,
+            ),
+            'ConfirmPhoneNumberChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmPhoneNumberChange,
+                    request_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmPhoneNumberChangeRequest.FromString,
+                    response_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmPhoneNumberChangeResponse.SerializeToString,
             ),
             'UpdatePreferences': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdatePreferences,
@@ -1400,6 +1495,114 @@ class IdentityService:
             '/secondopinion.identity.v1.IdentityService/UpdateContactDetails',
             secondopinion_dot_identity_dot_v1_dot_identity__pb2.UpdateContactDetailsRequest.SerializeToString,
             secondopinion_dot_identity_dot_v1_dot_identity__pb2.UpdateContactDetailsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartEmailChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.identity.v1.IdentityService/StartEmailChange',
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartEmailChangeRequest.SerializeToString,
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartEmailChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmEmailChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.identity.v1.IdentityService/ConfirmEmailChange',
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmEmailChangeRequest.SerializeToString,
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmEmailChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartPhoneNumberChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.identity.v1.IdentityService/StartPhoneNumberChange',
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartPhoneNumberChangeRequest.SerializeToString,
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.StartPhoneNumberChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmPhoneNumberChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.identity.v1.IdentityService/ConfirmPhoneNumberChange',
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmPhoneNumberChangeRequest.SerializeToString,
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.ConfirmPhoneNumberChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,6 +19,7 @@ from grpc import aio as _aio
 from secondopinion.identity.v1 import identity_pb2 as _identity_pb2
 from secondopinion.identity.v1 import lifecycle_pb2 as _lifecycle_pb2
 import abc as _abc_1
+import builtins as _builtins
 import grpc as _grpc
 import sys
 import typing as _typing
@@ -27,6 +28,11 @@ if sys.version_info >= (3, 11):
     from typing import Self as _Self
 else:
     from typing_extensions import Self as _Self
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 _T = _typing.TypeVar("_T")
 
@@ -53,9 +59,41 @@ class IdentityServiceStub:
     """Creates a doctor, staff or partner-user account (administrators only, ACC-12)."""
     GetAccount: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetAccountRequest, _identity_pb2.GetAccountResponse]
     """Reads one account (the account itself, or staff)."""
-    UpdateContactDetails: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UpdateContactDetailsRequest, _identity_pb2.UpdateContactDetailsResponse]
-    """Changes the caller's email or mobile phone (requires a recent step-up; the old
-    contact is notified).
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def UpdateContactDetails(self) -> _grpc.UnaryUnaryMultiCallable[_identity_pb2.UpdateContactDetailsRequest, _identity_pb2.UpdateContactDetailsResponse]:
+        """Deprecated: changed the caller's email at once. Every contact change is now confirmed
+        by a code sent to the new address or number, so every call is refused with
+        INVALID_ARGUMENT: an email goes through StartEmailChange, a phone number through
+        StartPhoneNumberChange. Kept so that older callers get a clear answer.
+        """
+    StartEmailChange: _grpc.UnaryUnaryMultiCallable[_identity_pb2.StartEmailChangeRequest, _identity_pb2.StartEmailChangeResponse]
+    """Starts a change of the caller's email (ACC-06). Requires a step-up passed on the
+    current session for the CHANGE_CREDENTIALS purpose within the step-up window (the code
+    went to the current phone, or TOTP for staff): FAILED_PRECONDITION otherwise. A 6-digit
+    code is sent by email to the NEW address and the address on file stays in force (login
+    included) until ConfirmEmailChange. The address on file yields FAILED_PRECONDITION, an
+    address another account uses ALREADY_EXISTS. A new start replaces the pending email
+    change; too many codes yield RESOURCE_EXHAUSTED.
+    """
+    ConfirmEmailChange: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ConfirmEmailChangeRequest, _identity_pb2.ConfirmEmailChangeResponse]
+    """Confirms a pending email change with the code received at the new address, on the
+    session that started it; the address is switched and both the old and the new address
+    are notified. A wrong code yields UNAUTHENTICATED and counts toward the lock (ACC-07);
+    after 3 wrong codes, or once the code expired, the change ends (FAILED_PRECONDITION):
+    start again. An address taken by another account meanwhile yields ALREADY_EXISTS.
+    """
+    StartPhoneNumberChange: _grpc.UnaryUnaryMultiCallable[_identity_pb2.StartPhoneNumberChangeRequest, _identity_pb2.StartPhoneNumberChangeResponse]
+    """Starts a change of the caller's mobile phone (ACC-06). Requires the same step-up as
+    StartEmailChange (FAILED_PRECONDITION otherwise); a 6-digit code is sent by SMS to
+    the NEW number and the number on file stays in force until ConfirmPhoneNumberChange.
+    A new start replaces the pending change; too many codes yield RESOURCE_EXHAUSTED.
+    """
+    ConfirmPhoneNumberChange: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ConfirmPhoneNumberChangeRequest, _identity_pb2.ConfirmPhoneNumberChangeResponse]
+    """Confirms a pending phone change with the code received on the new number, on the
+    session that started it; the number is switched and the email on file is notified. A
+    wrong code yields UNAUTHENTICATED and counts toward the lock (ACC-07); after 3 wrong
+    codes, or once the code expired, the change ends (FAILED_PRECONDITION): start again.
     """
     UpdatePreferences: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UpdatePreferencesRequest, _identity_pb2.UpdatePreferencesResponse]
     """Changes the caller's preferred language."""
@@ -66,9 +104,19 @@ class IdentityServiceStub:
     UnlockAccount: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UnlockAccountRequest, _identity_pb2.UnlockAccountResponse]
     """Unlocks an account locked after failed attempts (staff only)."""
     GrantHabilitation: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GrantHabilitationRequest, _identity_pb2.GrantHabilitationResponse]
-    """Grants a habilitation to a staff account (administrators only, SEC-05)."""
+    """Grants a habilitation to a staff account (administrators and the provisioning tool
+    only, SEC-05, CASE-14). Each kind goes to the roles it fits (health data and the
+    personal assistant: coordinators; archive access and rights requests: coordinators and
+    the DPO); any other account yields FAILED_PRECONDITION. Granting one already held
+    changes nothing. Recorded in the evidence chain. The account's internal tokens carry
+    it from the next token (tokens live 5 minutes); GetAccount lists the active ones and
+    ListEvidenceRecords their history.
+    """
     RevokeHabilitation: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeHabilitationRequest, _identity_pb2.RevokeHabilitationResponse]
-    """Revokes a habilitation from a staff account (administrators only, SEC-05)."""
+    """Revokes a habilitation from a staff account (same callers, SEC-05). Revoking one not
+    held changes nothing. Recorded in the evidence chain. Takes effect at the account's
+    next internal token: tokens already minted keep it until they expire (5 minutes).
+    """
     StartLogin: _grpc.UnaryUnaryMultiCallable[_identity_pb2.StartLoginRequest, _identity_pb2.StartLoginResponse]
     """Checks email and password and starts a login attempt whose second factor must
     follow (ACC-04, ACC-05, ACC-07). Unauthenticated. Unknown emails get the same
@@ -92,7 +140,9 @@ class IdentityServiceStub:
     signed short-lived internal token for service-to-service calls. Touches the idle clock.
     """
     ListTokenSigningKeys: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListTokenSigningKeysRequest, _identity_pb2.ListTokenSigningKeysResponse]
-    """Lists the public keys that verify internal tokens, current and next (rotation)."""
+    """Lists the public keys that verify internal tokens (every trusted issuer's, identity's
+    first), current and next (rotation).
+    """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListSessionsRequest, _identity_pb2.ListSessionsResponse]
     """Lists the caller's open sessions."""
     EndSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EndSessionRequest, _identity_pb2.EndSessionResponse]
@@ -243,9 +293,41 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """Creates a doctor, staff or partner-user account (administrators only, ACC-12)."""
     GetAccount: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetAccountRequest, _identity_pb2.GetAccountResponse]  # type: ignore[assignment]
     """Reads one account (the account itself, or staff)."""
-    UpdateContactDetails: _aio.UnaryUnaryMultiCallable[_identity_pb2.UpdateContactDetailsRequest, _identity_pb2.UpdateContactDetailsResponse]  # type: ignore[assignment]
-    """Changes the caller's email or mobile phone (requires a recent step-up; the old
-    contact is notified).
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def UpdateContactDetails(self) -> _aio.UnaryUnaryMultiCallable[_identity_pb2.UpdateContactDetailsRequest, _identity_pb2.UpdateContactDetailsResponse]:  # type: ignore[override]
+        """Deprecated: changed the caller's email at once. Every contact change is now confirmed
+        by a code sent to the new address or number, so every call is refused with
+        INVALID_ARGUMENT: an email goes through StartEmailChange, a phone number through
+        StartPhoneNumberChange. Kept so that older callers get a clear answer.
+        """
+    StartEmailChange: _aio.UnaryUnaryMultiCallable[_identity_pb2.StartEmailChangeRequest, _identity_pb2.StartEmailChangeResponse]  # type: ignore[assignment]
+    """Starts a change of the caller's email (ACC-06). Requires a step-up passed on the
+    current session for the CHANGE_CREDENTIALS purpose within the step-up window (the code
+    went to the current phone, or TOTP for staff): FAILED_PRECONDITION otherwise. A 6-digit
+    code is sent by email to the NEW address and the address on file stays in force (login
+    included) until ConfirmEmailChange. The address on file yields FAILED_PRECONDITION, an
+    address another account uses ALREADY_EXISTS. A new start replaces the pending email
+    change; too many codes yield RESOURCE_EXHAUSTED.
+    """
+    ConfirmEmailChange: _aio.UnaryUnaryMultiCallable[_identity_pb2.ConfirmEmailChangeRequest, _identity_pb2.ConfirmEmailChangeResponse]  # type: ignore[assignment]
+    """Confirms a pending email change with the code received at the new address, on the
+    session that started it; the address is switched and both the old and the new address
+    are notified. A wrong code yields UNAUTHENTICATED and counts toward the lock (ACC-07);
+    after 3 wrong codes, or once the code expired, the change ends (FAILED_PRECONDITION):
+    start again. An address taken by another account meanwhile yields ALREADY_EXISTS.
+    """
+    StartPhoneNumberChange: _aio.UnaryUnaryMultiCallable[_identity_pb2.StartPhoneNumberChangeRequest, _identity_pb2.StartPhoneNumberChangeResponse]  # type: ignore[assignment]
+    """Starts a change of the caller's mobile phone (ACC-06). Requires the same step-up as
+    StartEmailChange (FAILED_PRECONDITION otherwise); a 6-digit code is sent by SMS to
+    the NEW number and the number on file stays in force until ConfirmPhoneNumberChange.
+    A new start replaces the pending change; too many codes yield RESOURCE_EXHAUSTED.
+    """
+    ConfirmPhoneNumberChange: _aio.UnaryUnaryMultiCallable[_identity_pb2.ConfirmPhoneNumberChangeRequest, _identity_pb2.ConfirmPhoneNumberChangeResponse]  # type: ignore[assignment]
+    """Confirms a pending phone change with the code received on the new number, on the
+    session that started it; the number is switched and the email on file is notified. A
+    wrong code yields UNAUTHENTICATED and counts toward the lock (ACC-07); after 3 wrong
+    codes, or once the code expired, the change ends (FAILED_PRECONDITION): start again.
     """
     UpdatePreferences: _aio.UnaryUnaryMultiCallable[_identity_pb2.UpdatePreferencesRequest, _identity_pb2.UpdatePreferencesResponse]  # type: ignore[assignment]
     """Changes the caller's preferred language."""
@@ -256,9 +338,19 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     UnlockAccount: _aio.UnaryUnaryMultiCallable[_identity_pb2.UnlockAccountRequest, _identity_pb2.UnlockAccountResponse]  # type: ignore[assignment]
     """Unlocks an account locked after failed attempts (staff only)."""
     GrantHabilitation: _aio.UnaryUnaryMultiCallable[_identity_pb2.GrantHabilitationRequest, _identity_pb2.GrantHabilitationResponse]  # type: ignore[assignment]
-    """Grants a habilitation to a staff account (administrators only, SEC-05)."""
+    """Grants a habilitation to a staff account (administrators and the provisioning tool
+    only, SEC-05, CASE-14). Each kind goes to the roles it fits (health data and the
+    personal assistant: coordinators; archive access and rights requests: coordinators and
+    the DPO); any other account yields FAILED_PRECONDITION. Granting one already held
+    changes nothing. Recorded in the evidence chain. The account's internal tokens carry
+    it from the next token (tokens live 5 minutes); GetAccount lists the active ones and
+    ListEvidenceRecords their history.
+    """
     RevokeHabilitation: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeHabilitationRequest, _identity_pb2.RevokeHabilitationResponse]  # type: ignore[assignment]
-    """Revokes a habilitation from a staff account (administrators only, SEC-05)."""
+    """Revokes a habilitation from a staff account (same callers, SEC-05). Revoking one not
+    held changes nothing. Recorded in the evidence chain. Takes effect at the account's
+    next internal token: tokens already minted keep it until they expire (5 minutes).
+    """
     StartLogin: _aio.UnaryUnaryMultiCallable[_identity_pb2.StartLoginRequest, _identity_pb2.StartLoginResponse]  # type: ignore[assignment]
     """Checks email and password and starts a login attempt whose second factor must
     follow (ACC-04, ACC-05, ACC-07). Unauthenticated. Unknown emails get the same
@@ -282,7 +374,9 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     signed short-lived internal token for service-to-service calls. Touches the idle clock.
     """
     ListTokenSigningKeys: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListTokenSigningKeysRequest, _identity_pb2.ListTokenSigningKeysResponse]  # type: ignore[assignment]
-    """Lists the public keys that verify internal tokens, current and next (rotation)."""
+    """Lists the public keys that verify internal tokens (every trusted issuer's, identity's
+    first), current and next (rotation).
+    """
     ListSessions: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListSessionsRequest, _identity_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """Lists the caller's open sessions."""
     EndSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.EndSessionRequest, _identity_pb2.EndSessionResponse]  # type: ignore[assignment]
@@ -449,14 +543,69 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_pb2.GetAccountResponse, _abc.Awaitable[_identity_pb2.GetAccountResponse]]:
         """Reads one account (the account itself, or staff)."""
 
+    @_deprecated("""Deprecated: changed the caller's email at once. Every contact change is now confirmed\nby a code sent to the new address or number, so every call is refused with\nINVALID_ARGUMENT: an email goes through StartEmailChange, a phone number through\nStartPhoneNumberChange. Kept so that older callers get a clear answer.""")
     @_abc_1.abstractmethod
     def UpdateContactDetails(
         self,
         request: _identity_pb2.UpdateContactDetailsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.UpdateContactDetailsResponse, _abc.Awaitable[_identity_pb2.UpdateContactDetailsResponse]]:
-        """Changes the caller's email or mobile phone (requires a recent step-up; the old
-        contact is notified).
+        """Deprecated: changed the caller's email at once. Every contact change is now confirmed
+        by a code sent to the new address or number, so every call is refused with
+        INVALID_ARGUMENT: an email goes through StartEmailChange, a phone number through
+        StartPhoneNumberChange. Kept so that older callers get a clear answer.
+        """
+
+    @_abc_1.abstractmethod
+    def StartEmailChange(
+        self,
+        request: _identity_pb2.StartEmailChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.StartEmailChangeResponse, _abc.Awaitable[_identity_pb2.StartEmailChangeResponse]]:
+        """Starts a change of the caller's email (ACC-06). Requires a step-up passed on the
+        current session for the CHANGE_CREDENTIALS purpose within the step-up window (the code
+        went to the current phone, or TOTP for staff): FAILED_PRECONDITION otherwise. A 6-digit
+        code is sent by email to the NEW address and the address on file stays in force (login
+        included) until ConfirmEmailChange. The address on file yields FAILED_PRECONDITION, an
+        address another account uses ALREADY_EXISTS. A new start replaces the pending email
+        change; too many codes yield RESOURCE_EXHAUSTED.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmEmailChange(
+        self,
+        request: _identity_pb2.ConfirmEmailChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ConfirmEmailChangeResponse, _abc.Awaitable[_identity_pb2.ConfirmEmailChangeResponse]]:
+        """Confirms a pending email change with the code received at the new address, on the
+        session that started it; the address is switched and both the old and the new address
+        are notified. A wrong code yields UNAUTHENTICATED and counts toward the lock (ACC-07);
+        after 3 wrong codes, or once the code expired, the change ends (FAILED_PRECONDITION):
+        start again. An address taken by another account meanwhile yields ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def StartPhoneNumberChange(
+        self,
+        request: _identity_pb2.StartPhoneNumberChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.StartPhoneNumberChangeResponse, _abc.Awaitable[_identity_pb2.StartPhoneNumberChangeResponse]]:
+        """Starts a change of the caller's mobile phone (ACC-06). Requires the same step-up as
+        StartEmailChange (FAILED_PRECONDITION otherwise); a 6-digit code is sent by SMS to
+        the NEW number and the number on file stays in force until ConfirmPhoneNumberChange.
+        A new start replaces the pending change; too many codes yield RESOURCE_EXHAUSTED.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmPhoneNumberChange(
+        self,
+        request: _identity_pb2.ConfirmPhoneNumberChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ConfirmPhoneNumberChangeResponse, _abc.Awaitable[_identity_pb2.ConfirmPhoneNumberChangeResponse]]:
+        """Confirms a pending phone change with the code received on the new number, on the
+        session that started it; the number is switched and the email on file is notified. A
+        wrong code yields UNAUTHENTICATED and counts toward the lock (ACC-07); after 3 wrong
+        codes, or once the code expired, the change ends (FAILED_PRECONDITION): start again.
         """
 
     @_abc_1.abstractmethod
@@ -491,7 +640,14 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.GrantHabilitationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.GrantHabilitationResponse, _abc.Awaitable[_identity_pb2.GrantHabilitationResponse]]:
-        """Grants a habilitation to a staff account (administrators only, SEC-05)."""
+        """Grants a habilitation to a staff account (administrators and the provisioning tool
+        only, SEC-05, CASE-14). Each kind goes to the roles it fits (health data and the
+        personal assistant: coordinators; archive access and rights requests: coordinators and
+        the DPO); any other account yields FAILED_PRECONDITION. Granting one already held
+        changes nothing. Recorded in the evidence chain. The account's internal tokens carry
+        it from the next token (tokens live 5 minutes); GetAccount lists the active ones and
+        ListEvidenceRecords their history.
+        """
 
     @_abc_1.abstractmethod
     def RevokeHabilitation(
@@ -499,7 +655,10 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.RevokeHabilitationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.RevokeHabilitationResponse, _abc.Awaitable[_identity_pb2.RevokeHabilitationResponse]]:
-        """Revokes a habilitation from a staff account (administrators only, SEC-05)."""
+        """Revokes a habilitation from a staff account (same callers, SEC-05). Revoking one not
+        held changes nothing. Recorded in the evidence chain. Takes effect at the account's
+        next internal token: tokens already minted keep it until they expire (5 minutes).
+        """
 
     @_abc_1.abstractmethod
     def StartLogin(
@@ -565,7 +724,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.ListTokenSigningKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ListTokenSigningKeysResponse, _abc.Awaitable[_identity_pb2.ListTokenSigningKeysResponse]]:
-        """Lists the public keys that verify internal tokens, current and next (rotation)."""
+        """Lists the public keys that verify internal tokens (every trusted issuer's, identity's
+        first), current and next (rotation).
+        """
 
     @_abc_1.abstractmethod
     def ListSessions(

@@ -159,6 +159,12 @@ class _RightsRequestStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_R
     """Deadline extended by up to two months; the person was told."""
     RIGHTS_REQUEST_STATUS_ANSWERED: _RightsRequestStatus.ValueType  # 4
     """Answered; the outcome is recorded."""
+    RIGHTS_REQUEST_STATUS_POSTPONED: _RightsRequestStatus.ValueType  # 5
+    """Answered for now, within the deadline: an erasure refused while a case of the person
+    is in progress (outcome REFUSED_CASE_IN_PROGRESS). It is carried out once no case is
+    in progress any more, and the final outcome then replaces this one (status ANSWERED).
+    The deadline cannot be extended any more.
+    """
 
 class RightsRequestStatus(_RightsRequestStatus, metaclass=_RightsRequestStatusEnumTypeWrapper):
     """Where a rights request stands."""
@@ -173,6 +179,12 @@ RIGHTS_REQUEST_STATUS_EXTENDED: RightsRequestStatus.ValueType  # 3
 """Deadline extended by up to two months; the person was told."""
 RIGHTS_REQUEST_STATUS_ANSWERED: RightsRequestStatus.ValueType  # 4
 """Answered; the outcome is recorded."""
+RIGHTS_REQUEST_STATUS_POSTPONED: RightsRequestStatus.ValueType  # 5
+"""Answered for now, within the deadline: an erasure refused while a case of the person
+is in progress (outcome REFUSED_CASE_IN_PROGRESS). It is carried out once no case is
+in progress any more, and the final outcome then replaces this one (status ANSWERED).
+The deadline cannot be extended any more.
+"""
 Global___RightsRequestStatus: _TypeAlias = RightsRequestStatus  # noqa: Y015
 
 class _RightsRequestOutcome:
@@ -193,6 +205,11 @@ class _RightsRequestOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     """The request was refused on a ground the regulation admits."""
     RIGHTS_REQUEST_OUTCOME_IDENTITY_NOT_VERIFIED: _RightsRequestOutcome.ValueType  # 4
     """The identity of the requester could not be verified."""
+    RIGHTS_REQUEST_OUTCOME_REFUSED_CASE_IN_PROGRESS: _RightsRequestOutcome.ValueType  # 5
+    """Erasure refused for now: a case of the person is in progress (the file is needed to
+    give the opinion); the erasure is carried out once it is closed or cancelled, and the
+    final outcome then replaces this one. Erasure requests only (status POSTPONED).
+    """
 
 class RightsRequestOutcome(_RightsRequestOutcome, metaclass=_RightsRequestOutcomeEnumTypeWrapper):
     """The answer given to a rights request."""
@@ -209,6 +226,11 @@ RIGHTS_REQUEST_OUTCOME_REFUSED: RightsRequestOutcome.ValueType  # 3
 """The request was refused on a ground the regulation admits."""
 RIGHTS_REQUEST_OUTCOME_IDENTITY_NOT_VERIFIED: RightsRequestOutcome.ValueType  # 4
 """The identity of the requester could not be verified."""
+RIGHTS_REQUEST_OUTCOME_REFUSED_CASE_IN_PROGRESS: RightsRequestOutcome.ValueType  # 5
+"""Erasure refused for now: a case of the person is in progress (the file is needed to
+give the opinion); the erasure is carried out once it is closed or cancelled, and the
+final outcome then replaces this one. Erasure requests only (status POSTPONED).
+"""
 Global___RightsRequestOutcome: _TypeAlias = RightsRequestOutcome  # noqa: Y015
 
 class _LegalHoldReason:
@@ -494,7 +516,10 @@ class RightsRequest(_message.Message):
 
     @_builtins.property
     def answered_at(self) -> _timestamp_pb2.Timestamp:
-        """When the answer was recorded (unset until answered)."""
+        """When the person was answered (unset until answered). For an erasure first refused
+        while a case was in progress, this stays the time of that first answer (the one the
+        deadline is measured on); the erasure's own time is in the purge records.
+        """
 
     def __init__(
         self,

@@ -114,6 +114,25 @@ class _NotificationTemplateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     """Email: reminder to the DPO about a rights request deadline (issue 10). Variables:
     date (deadline), link.
     """
+    NOTIFICATION_TEMPLATE_SIGN_UP_ATTEMPT_ON_EXISTING_ACCOUNT: _NotificationTemplate.ValueType  # 23
+    """Email: someone tried to sign up with the address of an existing account; if it was
+    the owner, they log in or reset their password (no account enumeration: the sign-up
+    form answers the same either way). Variables: first_name, link (login page).
+    """
+    NOTIFICATION_TEMPLATE_RIGHTS_REQUEST_POSTPONED: _NotificationTemplate.ValueType  # 24
+    """Email: an erasure request is answered "refused for now" because a case of the person
+    is in progress; it is carried out once the case ends (issue 10). Variables:
+    first_name, link (the request's page).
+    """
+    NOTIFICATION_TEMPLATE_EMAIL_VERIFICATION_CODE: _NotificationTemplate.ValueType  # 25
+    """Email: the one-time code confirming a new email address, sent to that new address
+    before it replaces the one on file (ACC-06). Variables: one_time_code, date (expiry).
+    """
+    NOTIFICATION_TEMPLATE_DUPLICATE_PAYMENT_REFUNDED: _NotificationTemplate.ValueType  # 26
+    """Email: a payment made twice for one order (a late card capture of an order already
+    paid another way) was refunded to the payer with the PSP (billing). Variables:
+    first_name, amount, date (of the refund), link (the invoices page).
+    """
 
 class NotificationTemplate(_NotificationTemplate, metaclass=_NotificationTemplateEnumTypeWrapper):
     """The message templates (French and English, plain text and HTML)."""
@@ -199,6 +218,25 @@ first_name, date (new deadline), link.
 NOTIFICATION_TEMPLATE_DPO_RIGHTS_REQUEST_REMINDER: NotificationTemplate.ValueType  # 22
 """Email: reminder to the DPO about a rights request deadline (issue 10). Variables:
 date (deadline), link.
+"""
+NOTIFICATION_TEMPLATE_SIGN_UP_ATTEMPT_ON_EXISTING_ACCOUNT: NotificationTemplate.ValueType  # 23
+"""Email: someone tried to sign up with the address of an existing account; if it was
+the owner, they log in or reset their password (no account enumeration: the sign-up
+form answers the same either way). Variables: first_name, link (login page).
+"""
+NOTIFICATION_TEMPLATE_RIGHTS_REQUEST_POSTPONED: NotificationTemplate.ValueType  # 24
+"""Email: an erasure request is answered "refused for now" because a case of the person
+is in progress; it is carried out once the case ends (issue 10). Variables:
+first_name, link (the request's page).
+"""
+NOTIFICATION_TEMPLATE_EMAIL_VERIFICATION_CODE: NotificationTemplate.ValueType  # 25
+"""Email: the one-time code confirming a new email address, sent to that new address
+before it replaces the one on file (ACC-06). Variables: one_time_code, date (expiry).
+"""
+NOTIFICATION_TEMPLATE_DUPLICATE_PAYMENT_REFUNDED: NotificationTemplate.ValueType  # 26
+"""Email: a payment made twice for one order (a late card capture of an order already
+paid another way) was refunded to the payer with the PSP (billing). Variables:
+first_name, amount, date (of the refund), link (the invoices page).
 """
 Global___NotificationTemplate: _TypeAlias = NotificationTemplate  # noqa: Y015
 
