@@ -116,6 +116,7 @@ async def build_context(settings: BillingSettings, wake: Callable[[], None]) -> 
         payment_attempt_ttl_seconds=settings.payment_attempt_ttl_seconds,
         satisfaction_minimum_answers=settings.satisfaction_minimum_answers,
         wake_outbox=wake,
+        partner_client_ca_path=settings.partner_tls_client_ca_path,
     )
 
 

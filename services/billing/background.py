@@ -30,6 +30,7 @@ from services.billing.models import PaymentAttempt, Refund
 from services.billing.psp.paybox import PaymentServiceProvider, RefundAnswer
 from services.billing.refund_rpc import NO_TRANSACTION
 from services.shared.db import utcnow
+from services.shared.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class InvoiceRenderer(_Periodic):
                 try:
                     async with self._sessions.begin() as session:
                         rendered = await lifecycle.render_archived_invoice(session, self._archive, record_id)
-                except invoices.Unavailable:
+                except Unavailable:
                     return done  # the store is down: the next pass retries
                 except Exception as exc:  # one bad record must not hold back the others
                     log.error(
@@ -132,7 +133,7 @@ class InvoiceRenderer(_Periodic):
                         rendered = await invoices.archive_invoice(
                             session, self._archive, invoice_id, wait=False
                         )
-                except invoices.Unavailable:
+                except Unavailable:
                     return done  # the store is down: the next pass retries
                 except Exception as exc:  # one bad invoice must not hold back the others
                     log.error(
@@ -165,7 +166,7 @@ class PaymentSweeper(_Periodic):
 
     async def run_pass(self) -> int:
         abandoned = await self.abandon_expired()
-        await self.refund_duplicates()
+        await self.resume_refunds()
         return abandoned
 
     async def abandon_expired(self) -> int:
@@ -179,11 +180,12 @@ class PaymentSweeper(_Periodic):
             if not changed:
                 return total
 
-    async def refund_duplicates(self) -> int:
-        """Carries out each unclaimed duplicate-payment refund; how many completed."""
+    async def resume_refunds(self) -> int:
+        """Carries out each pending refund nobody is at: duplicate payments, and refunds
+        their caller abandoned; how many completed."""
         completed = 0
         async with self._sessions() as session:
-            due = await refunds.unclaimed_duplicate_refunds(session)
+            due = await refunds.refunds_to_resume(session)
         for refund_id in due:
             if await self._refund_once(refund_id):
                 completed += 1
@@ -206,10 +208,16 @@ class PaymentSweeper(_Periodic):
         if answer.unreachable:
             async with self._sessions.begin() as session:
                 await refunds.release(session, refund_id)
-            log.warning("duplicate payment refund postponed", extra={"fields": {"refund_id": refund_id}})
+            log.warning("refund postponed: no PSP answer", extra={"fields": {"refund_id": refund_id}})
             return False
         async with self._sessions.begin() as session:
             completed = await refunds.finish(session, self._archive, refund_id, answer)
         if completed:
             self._wake_outbox()
+            if refund.reason != refunds.RefundReason.DUPLICATE_PAYMENT.value:
+                # Operations see that a caller left it; ids only.
+                log.warning(
+                    "abandoned refund completed by the sweep",
+                    extra={"fields": {"refund_id": refund_id, "order_id": refund.order_id}},
+                )
         return completed

@@ -16,7 +16,7 @@ from services.billing.domain.invoices import Archive
 from services.billing.models import IdempotencyRecord, PaymentAttempt, Refund
 from services.billing.psp.paybox import PaymentServiceProvider, RefundAnswer
 from services.shared.auth import Role
-from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.shared.idempotency import run_once
 from services.shared.principals import require_role
 from services.shared.protoconv import from_pb_enum
@@ -82,7 +82,7 @@ async def refund_payment(
             if answer.unreachable:
                 async with sessions.begin() as session:
                     await refunds.release(session, refund_id)
-                raise refunds.Unavailable(
+                raise Unavailable(
                     "the PSP did not answer; the refund stays pending: retry with the same idempotency_key"
                 )
             async with sessions.begin() as session:
@@ -92,7 +92,7 @@ async def refund_payment(
             holds_claim = False
             continue
         if loop.time() > deadline:
-            raise refunds.Unavailable(
+            raise Unavailable(
                 "the refund is being processed by another request; retry with the same idempotency_key"
             )
         await asyncio.sleep(POLL_SECONDS)

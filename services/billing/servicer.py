@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from secondopinion.billing.v1 import billing_pb2 as pb
@@ -78,6 +80,8 @@ class BillingContext:
     payment_attempt_ttl_seconds: int
     satisfaction_minimum_answers: int
     wake_outbox: Callable[[], None]
+    # The partners' CA bundle of the partner API's mutual TLS; None: not configured.
+    partner_client_ca_path: Path | None = None
 
 
 def caller_is_payer(principal: Principal, order: Order) -> None:
@@ -640,10 +644,12 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self, request: pb.RegisterPartnerCertificateRequest, context: Any
     ) -> pb.RegisterPartnerCertificateResponse:
         require_role(Role.ADMINISTRATOR, Role.SERVICE, services=OPS)
+        # Read at each call, so a new CA bundle applies to registrations without a restart.
+        issuers = await asyncio.to_thread(partner_access.trusted_issuers, self._ctx.partner_client_ca_path)
 
         async def register(session: AsyncSession) -> str:
             credential = await partner_access.register_certificate(
-                session, request.partner_id, request.certificate_pem
+                session, request.partner_id, request.certificate_pem, issuers
             )
             return credential.credential_id
 

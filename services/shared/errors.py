@@ -49,3 +49,10 @@ class Aborted(ServiceError):
     """A concurrent change won; the caller may retry."""
 
     status = grpc.StatusCode.ABORTED
+
+
+class Unavailable(ServiceError):
+    """A dependency (PSP, object store, a file the operator provides) did not answer; the
+    caller may retry, ideally with the same idempotency key."""
+
+    status = grpc.StatusCode.UNAVAILABLE

@@ -39,6 +39,7 @@ from services.billing.domain import lifecycle, refunds
 from services.billing.models import ArchivedRecord, Invoice
 from services.billing.psp.sandbox import SUCCESS_CARD
 from services.shared.db import create_engine, session_factory
+from services.shared.errors import Unavailable
 from services.shared.objectstore import ObjectStore, ObjectStoreError, StoredObject
 from tests.billing.conftest import Env, eventually, expect_status, new_order, pay_in_sandbox, record_mandate
 from tests.billing.test_deferred_rendering_and_sweep import other_billing, sql
@@ -235,14 +236,14 @@ async def test_the_archive_transaction_renders_what_is_pending_and_recovers_a_pd
         # No pre-pass here (an invoice issued after it): the archive's own transaction
         # renders. The store is down: refused, nothing archived.
         down = dataclasses.replace(archive, store=DownStore())
-        with pytest.raises(invoice_domain.Unavailable, match="nothing was archived"):
+        with pytest.raises(Unavailable, match="nothing was archived"):
             async with subject.sessions.begin() as session:
                 await lifecycle.archive_subject(session, down, subject.payer)
         assert await archived_invoices(subject) == {}
         assert set((await live_invoices(subject)).values()) == {None}
         # The process dies right after storing a PDF, before its transaction commits.
         dying = DyingStore(archive.store)
-        with pytest.raises(invoice_domain.Unavailable):
+        with pytest.raises(Unavailable):
             async with subject.sessions.begin() as session:
                 await lifecycle.archive_subject(
                     session, dataclasses.replace(archive, store=dying), subject.payer

@@ -196,7 +196,7 @@ async def test_a_crash_after_the_psp_refund_and_two_sweeps_still_tell_the_payer_
                 PaymentSweeper(s, context.psp, context.archive, 60, lambda: woken.append(1))
                 for s in (sessions, other)
             ]
-            completed = await asyncio.gather(*(s.refund_duplicates() for s in sweepers))
+            completed = await asyncio.gather(*(s.resume_refunds() for s in sweepers))
             assert sum(completed) == 1 and woken == [1]
             # The same question was asked again: the PSP answered it, refunding nothing more.
             assert [a for t, a in lone.sandbox.refunds if t == transaction] == [order.total_amount_cents]
@@ -225,7 +225,7 @@ async def test_a_crash_after_the_psp_refund_and_two_sweeps_still_tell_the_payer_
             assert sent_again is not None
             assert len(notices_for(lone, outbox_id)) == 1
             # Later sweeps have nothing left to do.
-            assert [await s.refund_duplicates() for s in sweepers] == [0, 0]
+            assert [await s.resume_refunds() for s in sweepers] == [0, 0]
             assert len(await notice_rows(lone, refund_id)) == 1
     # Operations see it: a warning with ids and amount only (nothing about the person).
     (warning,) = [
@@ -266,7 +266,7 @@ async def test_a_duplicate_refund_the_psp_refuses_tells_the_payer_nothing(env: E
             )
             context = await build_context(lone.settings, lambda: None)
             sweeper = PaymentSweeper(sessions, context.psp, context.archive, 60, lambda: None)
-            assert await sweeper.refund_duplicates() == 0
+            assert await sweeper.resume_refunds() == 0
             assert (await refund_of(lone, attempt_id))[1] == "failed"
             assert await notice_rows(lone, refund_id) == []
             assert order.total_amount_cents > 0

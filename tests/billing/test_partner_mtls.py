@@ -35,6 +35,7 @@ from services.billing.app import partner_server_credentials, running_all, runnin
 from services.billing.settings import BillingSettings
 from services.shared.settings import Environment
 from tests.billing.conftest import Env, expect_status, partner_with_agreement
+from tests.billing.test_deferred_rendering_and_sweep import other_billing
 
 DENIED = "a valid partner API key is required"
 PRODUCTION_SECRETS: dict[str, Any] = {"psp_hmac_key_hex": "ab" * 64, "coverage_code_secret_hex": "cd" * 32}
@@ -375,6 +376,54 @@ async def test_registering_a_certificate_checks_it(mtls: Mtls) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await register(env, str(uuid.uuid4()), mtls.ca.issue("nobody"))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.req("SEC-04")
+async def test_with_the_partners_ca_configured_registration_refuses_what_the_handshake_would(
+    mtls: Mtls, tmp_path: Path
+) -> None:
+    """A certificate the partner API would refuse at the handshake is refused when it is
+    registered, with the reason, instead of failing on the partner's first call."""
+    env = mtls.env
+    partner_id, agreement_id = await partner_with_agreement(env)
+    key, _ = await api_key(env, partner_id)
+    bundle = tmp_path / "partners-ca.pem"
+    bundle.write_bytes(mtls.ca.pem)
+    async with other_billing(env, partner_tls_client_ca_path=bundle) as configured:
+        good = mtls.ca.issue(f"partner {partner_id}")
+        assert (
+            await register(configured, partner_id, good)
+        ).certificate_sha256_fingerprint == good.fingerprint
+        assert await agreements(mtls.partner(good, key)) == [agreement_id]
+        # Another CA of the very same name: its signature does not verify.
+        newcomer = Authority("Partners test CA")
+        rogue = newcomer.issue(f"partner {partner_id}")
+        details = await expect_status(
+            register(configured, partner_id, rogue), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert details == "the certificate is not issued by a CA the partner API trusts"
+        # A server certificate, even from the partners' CA, is not a client's.
+        server_only = mtls.ca.issue("partner-api.test", server=True)
+        details = await expect_status(
+            register(configured, partner_id, server_only), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert "client authentication" in details
+        # A new bundle applies to registrations at once (the handshake needs a restart).
+        bundle.write_bytes(mtls.ca.pem + newcomer.pem)
+        assert (
+            await register(configured, partner_id, rogue)
+        ).certificate_sha256_fingerprint == rogue.fingerprint
+        # An unreadable bundle: the operator's problem, said as such; nothing registered.
+        bundle.write_bytes(b"not a certificate")
+        late = mtls.ca.issue(f"partner {partner_id} late")
+        details = await expect_status(register(configured, partner_id, late), grpc.StatusCode.UNAVAILABLE)
+        assert "nothing was registered" in details
+        listed = await env.billing().ListPartnerCredentials(
+            pb.ListPartnerCredentialsRequest(partner_id=partner_id)
+        )
+        fingerprints = {c.certificate_sha256_fingerprint for c in listed.credentials}
+        assert good.fingerprint in fingerprints and late.fingerprint not in fingerprints
+        assert server_only.fingerprint not in fingerprints
 
 
 @pytest.mark.req("SEC-04")

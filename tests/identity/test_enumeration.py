@@ -17,8 +17,8 @@ from secondopinion.identity.v1 import identity_pb2 as pb
 from secondopinion.notifications.v1 import notifications_pb2 as npb
 from sqlalchemy import text
 
-from services.identity.domain.notifier import Courier, Message, Unavailable
-from services.shared.errors import ResourceExhausted
+from services.identity.domain.notifier import Courier, Message
+from services.shared.errors import ResourceExhausted, Unavailable
 from tests.identity.conftest import PASSWORD, PHONE, Identity, expect
 
 ATTEMPT = npb.NOTIFICATION_TEMPLATE_SIGN_UP_ATTEMPT_ON_EXISTING_ACCOUNT

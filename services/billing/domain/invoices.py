@@ -47,7 +47,7 @@ from services.billing.domain.outbox import enqueue_email
 from services.billing.domain.prices import PriceLine
 from services.billing.models import BillingMandate, Invoice, InvoiceCounter, LedgerEntry, Order, Partner
 from services.shared.db import utcnow
-from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
 from services.shared.objectstore import ObjectLockedError, ObjectNotFoundError, ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,6 @@ CHUNK = 64 * 1024
 
 class DataLoss(ServiceError):
     status = grpc.StatusCode.DATA_LOSS
-
-
-class Unavailable(ServiceError):
-    status = grpc.StatusCode.UNAVAILABLE
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,6 @@ from services.billing.domain.common import OrderStatus
 from services.billing.domain.invoices import (
     Archive,
     DataLoss,
-    Unavailable,
     archive_invoice,
     document_from_json,
     render_document,
@@ -70,7 +69,7 @@ from services.billing.models import (
     SubjectRestriction,
 )
 from services.shared.db import utcnow
-from services.shared.errors import FailedPrecondition, InvalidArgument
+from services.shared.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.shared.objectstore import ObjectStoreError
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,13 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy import Integer, Select, bindparam, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -37,6 +40,7 @@ from services.shared.errors import (
     InvalidArgument,
     NotFound,
     Unauthenticated,
+    Unavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -133,14 +137,40 @@ async def authenticate(session: AsyncSession, api_key: str, certificate_sha256: 
     return credential.partner_id
 
 
+def trusted_issuers(ca_path: Path | None) -> list[x509.Certificate] | None:
+    """The partners' CA certificates the partner API trusts (None: no mutual TLS set up)."""
+    if ca_path is None:
+        return None
+    try:
+        return x509.load_pem_x509_certificates(ca_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        # The operator's mistake, not the caller's: nothing is registered meanwhile.
+        log.error("partner client CA bundle unreadable", extra={"fields": {"error": type(exc).__name__}})
+        raise Unavailable("the partners' CA bundle cannot be read; nothing was registered") from exc
+
+
+def _issued_by_one_of(certificate: x509.Certificate, issuers: list[x509.Certificate]) -> bool:
+    for issuer in issuers:
+        try:
+            certificate.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
 async def register_certificate(
-    session: AsyncSession, partner_id: str, certificate_pem: str
+    session: AsyncSession,
+    partner_id: str,
+    certificate_pem: str,
+    issuers: list[x509.Certificate] | None = None,
 ) -> PartnerCredential:
     """Allow a client certificate (PEM) for the partner on the partner API (mutual TLS).
 
     The same certificate registered again for the same partner answers its existing
     credential; a certificate active for another partner is refused. The credential expires
-    with the certificate. The TLS handshake checks the chain against the configured CA."""
+    with the certificate. With `issuers` (the partners' CA bundle), a certificate no CA of
+    it issued is refused now rather than at the partner's first handshake."""
     await get_partner(session, partner_id)
     if not certificate_pem or len(certificate_pem) > MAX_CERTIFICATE_PEM:
         raise InvalidArgument("certificate_pem is required (one PEM certificate)")
@@ -160,6 +190,14 @@ async def register_certificate(
         constraints = None
     if constraints is not None and constraints.ca:
         raise InvalidArgument("a CA certificate cannot be a partner's client certificate")
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise InvalidArgument("the certificate is not for client authentication (extended key usage)")
+    if issuers is not None and not _issued_by_one_of(certificate, issuers):
+        raise InvalidArgument("the certificate is not issued by a CA the partner API trusts")
     fingerprint = certificate.fingerprint(hashes.SHA256()).hex()
     existing = await session.scalar(
         select(PartnerCredential).where(

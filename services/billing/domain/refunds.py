@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-import grpc
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,18 +42,17 @@ from services.billing.psp.paybox import (
     RefundRequest,
 )
 from services.shared.db import utcnow
-from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
 # Longer than the PSP call's timeout: a claim outlives the request that holds it.
 CLAIM_SECONDS = 30
+# A caller's pending refund left this long is completed by the billing sweep: long past
+# the case workflow's retries, and a pending refund holds back its subject's archive.
+ABANDONED_AFTER = timedelta(minutes=15)
 CANCELLATION_TEMPLATE = "case_cancelled"
 DUPLICATE_REFUND_TEMPLATE = "duplicate_payment_refunded"
-
-
-class Unavailable(ServiceError):
-    status = grpc.StatusCode.UNAVAILABLE
 
 
 class RefundStatus(StrEnum):
@@ -320,15 +318,18 @@ async def reserve_duplicate_refund(session: AsyncSession, order_id: str, payment
     return refund.refund_id
 
 
-async def unclaimed_duplicate_refunds(session: AsyncSession, limit: int = 50) -> list[str]:
-    """Pending duplicate-payment refunds nobody is carrying out (never claimed, or the
-    holder's claim ran out)."""
+async def refunds_to_resume(session: AsyncSession, limit: int = 50) -> list[str]:
+    """Pending refunds nobody is carrying out (never claimed, or the holder's claim ran
+    out): duplicate-payment refunds at once (nobody else will), a caller's refund once it
+    has been left ABANDONED_AFTER (its caller died or gave up; retrying later with the
+    same key then finds it done). Asking the PSP the same question again is safe."""
     now = utcnow()
     rows = await session.scalars(
         select(Refund.refund_id)
         .where(
             Refund.status == RefundStatus.PENDING.value,
-            Refund.reason == RefundReason.DUPLICATE_PAYMENT.value,
+            (Refund.reason == RefundReason.DUPLICATE_PAYMENT.value)
+            | (Refund.created_at < now - ABANDONED_AFTER),
             (Refund.claimed_until.is_(None)) | (Refund.claimed_until < now),
         )
         .order_by(Refund.created_at)

@@ -28,14 +28,10 @@ import grpc
 from secondopinion.notifications.v1 import notifications_pb2 as npb
 from secondopinion.notifications.v1 import notifications_pb2_grpc as npb_grpc
 
-from services.shared.errors import ResourceExhausted, ServiceError
+from services.shared.errors import ResourceExhausted, Unavailable
 from services.shared.protoconv import to_timestamp
 
 log = logging.getLogger(__name__)
-
-
-class Unavailable(ServiceError):
-    status = grpc.StatusCode.UNAVAILABLE
 
 
 Template = int  # a NotificationTemplate value
