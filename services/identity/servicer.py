@@ -742,26 +742,43 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
     async def ResendLoginCode(
         self, request: pb.ResendLoginCodeRequest, context: Any
     ) -> pb.ResendLoginCodeResponse:
+        resent = await self._resend_code(request, "ResendLoginCode", request.login_attempt_id, login.LOGIN)
+        return pb.ResendLoginCodeResponse(
+            code_expires_at=to_timestamp(resent.code_expires_at),
+            next_resend_allowed_at=to_timestamp(resent.next_resend_allowed_at),
+        )
+
+    async def ResendPasswordResetCode(
+        self, request: pb.ResendPasswordResetCodeRequest, context: Any
+    ) -> pb.ResendPasswordResetCodeResponse:
+        resent = await self._resend_code(
+            request, "ResendPasswordResetCode", request.password_reset_id, login.RESET
+        )
+        return pb.ResendPasswordResetCodeResponse(
+            code_expires_at=to_timestamp(resent.code_expires_at),
+            next_resend_allowed_at=to_timestamp(resent.next_resend_allowed_at),
+        )
+
+    async def _resend_code(self, request: Any, method: str, challenge_id: str, purpose: str) -> login.Resent:
+        """A new SMS code for a login or a reset in progress (the portal's resend click)."""
         require_role(Role.SERVICE, services=PUBLIC_CALLERS)
         times: dict[str, login.Resent] = {}
 
         async def resend(session: AsyncSession) -> str:
-            times["r"] = await login.resend_code(session, self._deps, request.login_attempt_id, login.LOGIN)
-            return request.login_attempt_id
+            times["r"] = await login.resend_code(session, self._deps, challenge_id, purpose)
+            return challenge_id
 
-        await self._once(request, "ResendLoginCode", resend)
-        if "r" not in times:  # a retried click: the answer of the first one
-            async with self._sessions() as session:
-                challenge = await login.open_challenge(session, request.login_attempt_id, login.LOGIN)
-                assert challenge.code_expires_at is not None
-                assert challenge.last_code_sent_at is not None
-                times["r"] = login.Resent(
-                    challenge.code_expires_at, challenge.last_code_sent_at + self._deps.policy.resend_interval
-                )
-        return pb.ResendLoginCodeResponse(
-            code_expires_at=to_timestamp(times["r"].code_expires_at),
-            next_resend_allowed_at=to_timestamp(times["r"].next_resend_allowed_at),
-        )
+        await self._once(request, method, resend)
+        if "r" in times:
+            return times["r"]
+        # A retried click: the answer of the first one.
+        async with self._sessions() as session:
+            challenge = await login.open_challenge(session, challenge_id, purpose)
+            assert challenge.code_expires_at is not None
+            assert challenge.last_code_sent_at is not None
+            return login.Resent(
+                challenge.code_expires_at, challenge.last_code_sent_at + self._deps.policy.resend_interval
+            )
 
     async def StartStepUp(self, request: pb.StartStepUpRequest, context: Any) -> pb.StartStepUpResponse:
         principal = self._person()

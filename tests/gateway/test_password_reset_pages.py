@@ -9,6 +9,7 @@ On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import html
 import os
 import re
 import uuid
@@ -22,9 +23,10 @@ from secondopinion.notifications.v1 import notifications_pb2
 from sqlalchemy import update
 
 from services.gateway.web.security import DEFAULT_LIMITS, RateLimiter
-from services.identity.models import ResetLink
+from services.identity.domain.login import RESET as RESET_PURPOSE
+from services.identity.models import Challenge, ResetLink
 from services.shared.auth import Role
-from services.shared.db import utcnow
+from services.shared.db import create_engine, utcnow
 from tests.conftest import BACKENDS
 from tests.gateway.support import PASSWORD, Person, Portal, csrf, running_portal
 from tests.support.databases import postgres_available
@@ -275,6 +277,58 @@ async def test_wrong_code_weak_password_and_differing_passwords_are_told_clearly
         # None of that spent the code or the reset.
         done = await complete(http, code, NEW_PASSWORD)
         assert done.status_code == 303, done.text
+    assert await password_works(portal, person.email, NEW_PASSWORD) == 303
+
+
+async def code_sent_long_ago(portal: Portal, account_id: str) -> None:
+    """As if the last code had left IDENTITY_CODE_RESEND_INTERVAL_SECONDS ago."""
+    engine = create_engine(portal.stack.database_urls["identity"])
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(Challenge)
+                .where(Challenge.account_id == account_id, Challenge.purpose == RESET_PURPOSE)
+                .values(last_code_sent_at=utcnow() - timedelta(minutes=2))
+            )
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.req("ACC-08")
+async def test_a_code_that_never_came_is_sent_again_from_the_page(portal: Portal) -> None:
+    person = await portal.patient(email())
+    async with httpx.AsyncClient(base_url=portal.url) as http:
+        await ask_for_link(http, person.email)
+        await land(http, await emailed(portal, RESET_EMAIL, person.email, LINK))
+        first = await send_code(http, portal)
+        page = await http.get("/password-reset/new")
+        assert 'action="/password-reset/resend"' in page.text and "Renvoyer un code par SMS" in page.text
+        token = await csrf(http, "/password-reset/new")
+        assert (await http.post("/password-reset/resend", data={})).status_code == 403  # CSRF
+        # Straight after the first code: identity says to wait; the page says so, with 429.
+        too_soon = await http.post("/password-reset/resend", data={"csrf_token": token})
+        assert too_soon.status_code == 429 and int(too_soon.headers["retry-after"]) > 0
+        assert "Patientez une minute" in too_soon.text and 'name="code"' in too_soon.text
+        # A minute later: a new code, the page says it, and only that code works.
+        await code_sent_long_ago(portal, person.account_id)
+        before = await portal.sms_count()
+        resent = await http.post("/password-reset/resend", data={"csrf_token": token})
+        assert resent.status_code == 303 and resent.headers["location"] == "/password-reset/new?resent=1"
+        cookie = next(h for h in resent.headers.get_list("set-cookie") if h.startswith("so_reset="))
+        assert "HttpOnly" in cookie and "Path=/password-reset" in cookie
+        second = await portal.latest_sms_code(after=before)
+        shown = await http.get(resent.headers["location"])
+        assert "Un nouveau code vient d'être envoyé" in html.unescape(shown.text)
+        assert 'role="status"' in shown.text
+        if second != first:
+            stale = await complete(http, first, NEW_PASSWORD)
+            assert stale.status_code == 400 and "Code incorrect ou expiré." in stale.text
+        done = await complete(http, second, NEW_PASSWORD)
+        assert done.status_code == 303 and done.headers["location"] == "/login?reset=done", done.text
+        # The reset is over: a resend now leads back to the email form.
+        http.cookies.set("so_reset", resent.cookies.get("so_reset") or "", path="/password-reset")
+        ended = await http.post("/password-reset/resend", data={"csrf_token": token})
+        assert ended.status_code == 410 and "Demandez un nouveau lien" in ended.text
     assert await password_works(portal, person.email, NEW_PASSWORD) == 303
 
 

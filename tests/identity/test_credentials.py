@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from urllib.parse import parse_qs, urlparse
 
 import grpc
@@ -157,6 +158,83 @@ async def test_declared_loss_blocks_at_once_and_a_reset_by_link_and_code_unblock
     await expect(identity.start_login("lost@example.org", PASSWORD), grpc.StatusCode.UNAUTHENTICATED)
     await identity.log_in("lost@example.org", NEW_PASSWORD)
     assert identity.last(npb.NOTIFICATION_TEMPLATE_ACCOUNT_DETAILS_CHANGED).email == "lost@example.org"
+
+
+@pytest.mark.req("ACC-08")
+async def test_a_reset_code_can_be_sent_again_and_only_the_last_one_works(identity: Identity) -> None:
+    """The SMS never came, or came too late: the reset page asks identity for another
+    code instead of making the person start over from the email (a blocked account too:
+    the reset is what unblocks it)."""
+    account_id = await identity.sign_up("resend-reset@example.org")
+    me = await identity.as_session((await identity.log_in("resend-reset@example.org")).session_token)
+    await me.DeclareCredentialLoss(
+        pb.DeclareCredentialLossRequest(
+            idempotency_key="d-1", account_id=account_id, kind=pb.CREDENTIAL_INCIDENT_KIND_LOSS
+        )
+    )
+    await identity.gateway.RequestPasswordReset(
+        pb.RequestPasswordResetRequest(idempotency_key="p-1", email="resend-reset@example.org")
+    )
+    await identity.posted(npb.NOTIFICATION_TEMPLATE_PASSWORD_RESET)
+    token = identity.link_token(npb.NOTIFICATION_TEMPLATE_PASSWORD_RESET)
+    confirmed = await identity.gateway.ConfirmPasswordResetLink(
+        pb.ConfirmPasswordResetLinkRequest(idempotency_key="c-1", reset_token=token)
+    )
+    first = identity.code(VERIFICATION)
+    sms_before = len(identity.recorder.sent)
+    resend = pb.ResendPasswordResetCodeRequest(
+        idempotency_key="r-1", password_reset_id=confirmed.password_reset_id
+    )
+    answer = await identity.gateway.ResendPasswordResetCode(resend)
+    assert answer.code_expires_at.seconds > time.time() and answer.next_resend_allowed_at.seconds > 0
+    assert len(identity.recorder.sent) == sms_before + 1
+    second = identity.last(VERIFICATION)
+    assert second.channel == npb.CHANNEL_SMS and second.phone_number
+    # A retried click answers the same and sends nothing more.
+    assert await identity.gateway.ResendPasswordResetCode(resend) == answer
+    assert len(identity.recorder.sent) == sms_before + 1
+    # Only a reset's id is accepted: a login attempt's is not one.
+    await identity.sign_up("someone-else@example.org")
+    attempt = await identity.start_login("someone-else@example.org")
+    for other_id in (attempt.login_attempt_id, str(uuid.uuid4())):
+        await expect(
+            identity.gateway.ResendPasswordResetCode(
+                pb.ResendPasswordResetCodeRequest(idempotency_key=f"r-{other_id}", password_reset_id=other_id)
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        )
+    # IDENTITY_MAX_CODES_PER_ATTEMPT (3 here) per reset at most, the first one included.
+    await identity.gateway.ResendPasswordResetCode(
+        pb.ResendPasswordResetCodeRequest(
+            idempotency_key="r-2", password_reset_id=confirmed.password_reset_id
+        )
+    )
+    await expect(
+        identity.gateway.ResendPasswordResetCode(
+            pb.ResendPasswordResetCodeRequest(
+                idempotency_key="r-4", password_reset_id=confirmed.password_reset_id
+            )
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    last = identity.code(VERIFICATION)
+    complete = pb.CompletePasswordResetRequest(
+        password_reset_id=confirmed.password_reset_id, code=first, new_password=NEW_PASSWORD
+    )
+    if first != last:  # the first code was replaced
+        await expect(identity.gateway.CompletePasswordReset(complete), grpc.StatusCode.UNAUTHENTICATED)
+    complete.code = last
+    await identity.gateway.CompletePasswordReset(complete)
+    await identity.log_in("resend-reset@example.org", NEW_PASSWORD)
+    # A finished reset sends no more codes.
+    await expect(
+        identity.gateway.ResendPasswordResetCode(
+            pb.ResendPasswordResetCodeRequest(
+                idempotency_key="r-5", password_reset_id=confirmed.password_reset_id
+            )
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
 
 
 @pytest.mark.req("ACC-09")

@@ -46,6 +46,7 @@ router = APIRouter(include_in_schema=False)
 RESET = "/password-reset"
 RESET_NEW = "/password-reset/new"
 RESET_CODE = "/password-reset/code"
+RESET_RESEND = "/password-reset/resend"
 LOSS = "/account/credential-loss"
 LOSS_DONE = "/account/credential-loss/done"
 # The emailed token, between the landing and the click that redeems it.
@@ -211,11 +212,12 @@ async def reset_request(
 
 
 @router.get(RESET_NEW, response_class=HTMLResponse)
-async def reset_new(p: PageDep) -> Response:
+async def reset_new(p: PageDep, resent: bool = False) -> Response:
     reset = _reset(p)
     if reset is None:
         return p.render("password_reset_new.html", step="send")
-    return p.render("password_reset_new.html", step="code", masked_phone=reset[1])
+    notice = p.t("pwreset_resent") if resent else ""
+    return p.render("password_reset_new.html", step="code", masked_phone=reset[1], notice=notice)
 
 
 @router.post(RESET_CODE)
@@ -251,15 +253,63 @@ async def reset_send_code(p: PageDep, clients: ClientsDep, csrf_token: Csrf = ""
             response.headers["Retry-After"] = "60"
             return response
         return p.service_error(error)
-    max_age = RESET_COOKIE_MAX_AGE
-    if started.code_expires_at.seconds:
-        left = (started.code_expires_at.ToDatetime(UTC) - datetime.now(UTC)).total_seconds()
-        max_age = int(min(RESET_COOKIE_MAX_AGE, max(60.0, left + 60)))
     response = p.redirect(RESET_NEW)
-    _set_flow_cookie(
-        p, response, RESET_COOKIE, _encode(started.password_reset_id, started.masked_phone_number), max_age
-    )
+    _keep_reset(p, response, started.password_reset_id, started.masked_phone_number, started.code_expires_at)
     _drop_flow_cookie(p, response, LINK_COOKIE)  # redeemed: it is of no use any more
+    return response
+
+
+def _keep_reset(p: Page, response: Response, reset_id: str, masked: str, code_expires_at: Timestamp) -> None:
+    """The reset's cookie, kept a minute past its current code's expiry."""
+    max_age = RESET_COOKIE_MAX_AGE
+    if code_expires_at.seconds:
+        left = (code_expires_at.ToDatetime(UTC) - datetime.now(UTC)).total_seconds()
+        max_age = int(min(RESET_COOKIE_MAX_AGE, max(60.0, left + 60)))
+    _set_flow_cookie(p, response, RESET_COOKIE, _encode(reset_id, masked), max_age)
+
+
+@router.post(RESET_RESEND)
+async def reset_resend_code(p: PageDep, clients: ClientsDep, csrf_token: Csrf = "") -> Response:
+    """The SMS never came or came too late: another code for the same reset (identity
+    bounds how many and how often), rather than starting over from the email."""
+    if not p.csrf_ok(csrf_token):
+        return p.forbidden()
+    if limited := p.too_many(CODE_LIMIT):
+        return limited
+    reset = _reset(p)
+    if reset is None:
+        return _email_form(p, 410, p.t("pwreset_ended"))
+    reset_id, masked = reset
+    try:
+        resent = await clients.identity.ResendPasswordResetCode(
+            identity_pb2.ResendPasswordResetCodeRequest(
+                idempotency_key=new_key(), password_reset_id=reset_id
+            ),
+            metadata=clients.as_gateway(),
+        )
+    except grpc.aio.AioRpcError as error:
+        response: Response
+        if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            response = p.render(
+                "password_reset_new.html",
+                status=429,
+                error=p.t("pwreset_resend_exhausted"),
+                step="code",
+                masked_phone=masked,
+            )
+            response.headers["Retry-After"] = "60"
+            return response
+        if error.code() in (
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ):
+            response = _email_form(p, 410, p.t("pwreset_ended"))
+            _drop_flow_cookie(p, response, RESET_COOKIE)
+            return response
+        return p.service_error(error)
+    response = p.redirect(f"{RESET_NEW}?resent=1")
+    _keep_reset(p, response, reset_id, masked, resent.code_expires_at)  # the new code lives longer
     return response
 
 

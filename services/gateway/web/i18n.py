@@ -1117,6 +1117,15 @@ MESSAGES.update(
             "en": "The code does not arrive or has expired?",
         },
         "pwreset_ask_again": {"fr": "Demander un nouveau lien", "en": "Ask for a new link"},
+        "pwreset_resend": {"fr": "Renvoyer un code par SMS", "en": "Send a new code by SMS"},
+        "pwreset_resent": {
+            "fr": "Un nouveau code vient d'être envoyé ; le précédent ne fonctionne plus.",
+            "en": "A new code has just been sent; the previous one no longer works.",
+        },
+        "pwreset_resend_exhausted": {
+            "fr": "Trop de codes ont été envoyés pour cette réinitialisation, ou le dernier vient de partir. Patientez une minute, ou demandez un nouveau lien.",
+            "en": "Too many codes were sent for this reset, or the last one has just gone. Wait a minute, or ask for a new link.",
+        },
         "pwreset_start": {"fr": "Réinitialiser mon mot de passe", "en": "Reset my password"},
         "pwreset_done": {
             "fr": "Votre mot de passe a été changé et votre compte est débloqué. Vous pouvez vous connecter.",

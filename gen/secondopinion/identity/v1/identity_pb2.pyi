@@ -2702,6 +2702,64 @@ class ConfirmPasswordResetLinkResponse(_message.Message):
 Global___ConfirmPasswordResetLinkResponse: _TypeAlias = ConfirmPasswordResetLinkResponse  # noqa: Y015
 
 @_typing.final
+class ResendPasswordResetCodeRequest(_message.Message):
+    """Request of ResendPasswordResetCode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PASSWORD_RESET_ID_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Idempotency key, derived from a stable business identity (the resend click);
+    a retry does not send a second code. A reused key with different parameters is refused.
+    """
+    password_reset_id: _builtins.str
+    """The reset the code is bound to."""
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        password_reset_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "password_reset_id", b"password_reset_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResendPasswordResetCodeRequest: _TypeAlias = ResendPasswordResetCodeRequest  # noqa: Y015
+
+@_typing.final
+class ResendPasswordResetCodeResponse(_message.Message):
+    """Response of ResendPasswordResetCode. Too many resends yield RESOURCE_EXHAUSTED."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    NEXT_RESEND_ALLOWED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def code_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the new code expires."""
+
+    @_builtins.property
+    def next_resend_allowed_at(self) -> _timestamp_pb2.Timestamp:
+        """Earliest time another resend is accepted."""
+
+    def __init__(
+        self,
+        *,
+        code_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        next_resend_allowed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code_expires_at", b"code_expires_at", "next_resend_allowed_at", b"next_resend_allowed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_expires_at", b"code_expires_at", "next_resend_allowed_at", b"next_resend_allowed_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResendPasswordResetCodeResponse: _TypeAlias = ResendPasswordResetCodeResponse  # noqa: Y015
+
+@_typing.final
 class CompletePasswordResetRequest(_message.Message):
     """Request of CompletePasswordReset. Not idempotent by design: the code is single use."""
 

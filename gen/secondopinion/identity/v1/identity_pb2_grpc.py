@@ -181,6 +181,11 @@ class IdentityServiceStub:
                 request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.CompletePasswordResetRequest.SerializeToString,
                 response_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.CompletePasswordResetResponse.FromString,
                 _registered_method=True)
+        self.ResendPasswordResetCode = channel.unary_unary(
+                '/secondopinion.identity.v1.IdentityService/ResendPasswordResetCode',
+                request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ResendPasswordResetCodeRequest.SerializeToString,
+                response_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ResendPasswordResetCodeResponse.FromString,
+                _registered_method=True)
         self.IssueProvisionalCredentials = channel.unary_unary(
                 '/secondopinion.identity.v1.IdentityService/IssueProvisionalCredentials',
                 request_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.IssueProvisionalCredentialsRequest.SerializeToString,
@@ -657,6 +662,13 @@ class IdentityServiceServicer:
 
     def CompletePasswordReset(self, request, context):
         """Completes a reset with the SMS code and a new password; unblocks the account (ACC-08).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResendPasswordResetCode(self, request, context):
+        """Sends a new SMS code for a reset in progress; the previous code stops working (ACC-08).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1149,6 +1161,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.CompletePasswordReset,
                     request_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.CompletePasswordResetRequest.FromString,
                     response_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.CompletePasswordResetResponse.SerializeToString,
+            ),
+            'ResendPasswordResetCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResendPasswordResetCode,
+                    request_deserializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ResendPasswordResetCodeRequest.FromString,
+                    response_serializer=secondopinion_dot_identity_dot_v1_dot_identity__pb2.ResendPasswordResetCodeResponse.SerializeToString,
             ),
             'IssueProvisionalCredentials': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueProvisionalCredentials,
@@ -2170,6 +2187,33 @@ class IdentityService:
             '/secondopinion.identity.v1.IdentityService/CompletePasswordReset',
             secondopinion_dot_identity_dot_v1_dot_identity__pb2.CompletePasswordResetRequest.SerializeToString,
             secondopinion_dot_identity_dot_v1_dot_identity__pb2.CompletePasswordResetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResendPasswordResetCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secondopinion.identity.v1.IdentityService/ResendPasswordResetCode',
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.ResendPasswordResetCodeRequest.SerializeToString,
+            secondopinion_dot_identity_dot_v1_dot_identity__pb2.ResendPasswordResetCodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -163,6 +163,8 @@ class IdentityServiceStub:
     """Redeems the emailed reset link and sends an SMS code bound to this reset (ACC-08)."""
     CompletePasswordReset: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CompletePasswordResetRequest, _identity_pb2.CompletePasswordResetResponse]
     """Completes a reset with the SMS code and a new password; unblocks the account (ACC-08)."""
+    ResendPasswordResetCode: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResendPasswordResetCodeRequest, _identity_pb2.ResendPasswordResetCodeResponse]
+    """Sends a new SMS code for a reset in progress; the previous code stops working (ACC-08)."""
     IssueProvisionalCredentials: _grpc.UnaryUnaryMultiCallable[_identity_pb2.IssueProvisionalCredentialsRequest, _identity_pb2.IssueProvisionalCredentialsResponse]
     """Deactivates the current password and login and issues provisional ones (ACC-09)."""
     FlagPasswordBreach: _grpc.UnaryUnaryMultiCallable[_identity_pb2.FlagPasswordBreachRequest, _identity_pb2.FlagPasswordBreachResponse]
@@ -397,6 +399,8 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """Redeems the emailed reset link and sends an SMS code bound to this reset (ACC-08)."""
     CompletePasswordReset: _aio.UnaryUnaryMultiCallable[_identity_pb2.CompletePasswordResetRequest, _identity_pb2.CompletePasswordResetResponse]  # type: ignore[assignment]
     """Completes a reset with the SMS code and a new password; unblocks the account (ACC-08)."""
+    ResendPasswordResetCode: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResendPasswordResetCodeRequest, _identity_pb2.ResendPasswordResetCodeResponse]  # type: ignore[assignment]
+    """Sends a new SMS code for a reset in progress; the previous code stops working (ACC-08)."""
     IssueProvisionalCredentials: _aio.UnaryUnaryMultiCallable[_identity_pb2.IssueProvisionalCredentialsRequest, _identity_pb2.IssueProvisionalCredentialsResponse]  # type: ignore[assignment]
     """Deactivates the current password and login and issues provisional ones (ACC-09)."""
     FlagPasswordBreach: _aio.UnaryUnaryMultiCallable[_identity_pb2.FlagPasswordBreachRequest, _identity_pb2.FlagPasswordBreachResponse]  # type: ignore[assignment]
@@ -801,6 +805,14 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.CompletePasswordResetResponse, _abc.Awaitable[_identity_pb2.CompletePasswordResetResponse]]:
         """Completes a reset with the SMS code and a new password; unblocks the account (ACC-08)."""
+
+    @_abc_1.abstractmethod
+    def ResendPasswordResetCode(
+        self,
+        request: _identity_pb2.ResendPasswordResetCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ResendPasswordResetCodeResponse, _abc.Awaitable[_identity_pb2.ResendPasswordResetCodeResponse]]:
+        """Sends a new SMS code for a reset in progress; the previous code stops working (ACC-08)."""
 
     @_abc_1.abstractmethod
     def IssueProvisionalCredentials(
