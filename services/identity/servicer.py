@@ -1025,10 +1025,24 @@ class IdentityServicer(LifecycleRpcs, pb_grpc.IdentityServiceServicer):
     async def IssueProvisionalCredentials(
         self, request: pb.IssueProvisionalCredentialsRequest, context: Any
     ) -> pb.IssueProvisionalCredentialsResponse:
-        self._self_or_staff(request.account_id, (Role.DPO, Role.ADMINISTRATOR))
+        principal = self._self_or_staff(request.account_id, (Role.DPO, Role.ADMINISTRATOR))
+        if request.new_phone_number and (
+            principal.role not in (Role.DPO, Role.ADMINISTRATOR) or principal.subject == request.account_id
+        ):
+            # A stolen session must not redirect the codes: only staff, having checked who
+            # asks, and never for their own account.
+            raise PermissionDenied(
+                "only the DPO or an administrator replaces the phone number on file, never their own"
+            )
 
         async def issue(session: AsyncSession) -> str:
-            link = await credentials.issue_provisional_credentials(session, self._deps, request.account_id)
+            link = await credentials.issue_provisional_credentials(
+                session,
+                self._deps,
+                request.account_id,
+                request.new_phone_number,
+                staff_session_id=principal.session_id or "",
+            )
             return link.link_id
 
         link_id = await self._once(request, "IssueProvisionalCredentials", issue)

@@ -590,3 +590,65 @@ async def test_an_answer_without_an_archive_offers_no_download(portal: Portal) -
         assert 'data-testid="rights-export"' in shown.text and "/export" not in shown.text
         assert "délégué à la protection des données vous la transmet" in html.unescape(shown.text)
         assert (await http.get(f"/privacy/requests/{request_id}/export")).status_code == 404
+
+
+async def session_works(portal: Portal, person: Person) -> bool:
+    async with session(portal, person) as http:
+        return (await http.get("/account")).status_code == 200
+
+
+@pytest.mark.req("ACC-08")
+@pytest.mark.req("ACC-09")
+async def test_the_dpo_issues_provisional_credentials_with_a_new_number_for_a_stolen_phone(
+    portal: Portal,
+) -> None:
+    patient = await portal.patient(f"stolen-{uuid.uuid4().hex[:8]}@example.org")
+    officer = await dpo(portal, f"dpo-{uuid.uuid4().hex[:8]}@example.org")
+    async with session(portal, officer) as http:
+        page = await http.get("/dpo")
+        assert 'data-testid="provisional-form"' in page.text and 'for="provisional-phone"' in page.text
+        token = await csrf(http, "/dpo")
+        key = await form_key(http, "/dpo")
+        form = {"csrf_token": token, "form_key": key, "account_id": patient.account_id}
+
+        async def post(**changes: str) -> httpx.Response:
+            return await http.post("/dpo/provisional-credentials", data={**form, **changes})
+
+        # Each mistake is said, and changes nothing.
+        assert (
+            await http.post("/dpo/provisional-credentials", data={**form, "csrf_token": ""})
+        ).status_code == 403
+        unchecked = await post()
+        assert unchecked.status_code == 400 and "identité de la personne vérifiée" in html.unescape(
+            unchecked.text
+        )
+        landline = await post(identity_checked="yes", new_phone_number="+33 1 23 45 67 89")
+        assert landline.status_code == 400 and "new_phone_number" in landline.text
+        unknown = await post(identity_checked="yes", account_id=str(uuid.uuid4()))
+        assert unknown.status_code == 404 and "Compte introuvable" in unknown.text
+        assert await session_works(portal, patient)
+        # Done: the number is replaced, the sessions end, the person is emailed the link.
+        done = await post(identity_checked="yes", new_phone_number="06 12 55 44 33")
+        assert done.status_code == 303 and done.headers["location"] == "/dpo?done=provisional#credentials"
+        shown = await http.get(done.headers["location"])
+        assert "Identifiants provisoires émis" in html.unescape(shown.text)
+        # The same form sent twice (a double click) issues nothing more.
+        assert (await post(identity_checked="yes", new_phone_number="06 12 55 44 33")).status_code == 303
+    found = await portal.ops("identity").GetAccount(
+        identity_pb2.GetAccountRequest(account_id=patient.account_id)
+    )
+    assert found.account.phone_number == "+33612554433"
+    assert not await session_works(portal, patient)
+    # A patient cannot reach the form's action at all.
+    async with session(portal, await portal.patient()) as http:
+        token = await csrf(http, "/account")
+        refused = await http.post(
+            "/dpo/provisional-credentials",
+            data={"csrf_token": token, "form_key": "x" * 12, "account_id": patient.account_id,
+                  "identity_checked": "yes", "new_phone_number": "0612000000"},
+        )  # fmt: skip
+        assert refused.status_code in (303, 403, 404)
+    found = await portal.ops("identity").GetAccount(
+        identity_pb2.GetAccountRequest(account_id=patient.account_id)
+    )
+    assert found.account.phone_number == "+33612554433"

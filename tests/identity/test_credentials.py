@@ -267,6 +267,74 @@ async def test_provisional_credentials_deactivate_the_password(identity: Identit
     )
 
 
+@pytest.mark.req("ACC-08")
+@pytest.mark.req("ACC-09")
+async def test_the_dpo_replaces_a_stolen_phone_so_the_provisional_code_reaches_the_person(
+    identity: Identity,
+) -> None:
+    """Phone and credentials stolen together: the person writes to the DPO, who checks who
+    they are and issues provisional credentials with a new number, so the thief's phone
+    gets no code. Nobody else may redirect codes, not even the person's own session."""
+    account_id = await identity.sign_up("stolen-phone@example.org")
+    me = await identity.as_session((await identity.log_in("stolen-phone@example.org")).session_token)
+    dpo = identity.as_role("dpo-7", Role.DPO, "dpo-session-7")
+    new_number = "+33 6 12 99 88 77"
+    # The person's own session (perhaps the thief's) cannot redirect the codes.
+    for caller, refusal in (
+        (me, grpc.StatusCode.PERMISSION_DENIED),
+        (identity.as_role("dpo-7", Role.DPO), None),
+    ):
+        request = pb.IssueProvisionalCredentialsRequest(
+            idempotency_key=f"p-{uuid.uuid4()}",
+            account_id=account_id if refusal else "dpo-7",
+            new_phone_number=new_number,
+        )
+        await expect(caller.IssueProvisionalCredentials(request), grpc.StatusCode.PERMISSION_DENIED)
+    # A number that cannot receive SMS is refused, and nothing changed.
+    detail = await expect(
+        dpo.IssueProvisionalCredentials(
+            pb.IssueProvisionalCredentialsRequest(
+                idempotency_key="p-bad", account_id=account_id, new_phone_number="+33 1 23 45 67 89"
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert detail.startswith("new_phone_number")
+    await identity.log_in("stolen-phone@example.org")  # the password still works
+    issued = await dpo.IssueProvisionalCredentials(
+        pb.IssueProvisionalCredentialsRequest(
+            idempotency_key="p-1", account_id=account_id, new_phone_number=new_number
+        )
+    )
+    assert issued.expires_at.seconds > issued.issued_at.seconds
+    await expect(identity.start_login("stolen-phone@example.org"), grpc.StatusCode.UNAUTHENTICATED)
+    token = identity.link_token(npb.NOTIFICATION_TEMPLATE_PROVISIONAL_CREDENTIALS)
+    assert (
+        identity.last(npb.NOTIFICATION_TEMPLATE_PROVISIONAL_CREDENTIALS).email == "stolen-phone@example.org"
+    )
+    confirmed = await identity.gateway.ConfirmPasswordResetLink(
+        pb.ConfirmPasswordResetLinkRequest(idempotency_key="c-1", reset_token=token)
+    )
+    sms = identity.last(VERIFICATION)
+    assert sms.channel == npb.CHANNEL_SMS and sms.phone_number == "+33612998877"
+    assert confirmed.masked_phone_number.endswith("77") and "99 88" not in confirmed.masked_phone_number
+    await identity.gateway.CompletePasswordReset(
+        pb.CompletePasswordResetRequest(
+            password_reset_id=confirmed.password_reset_id,
+            code=identity.code(VERIFICATION),
+            new_password=NEW_PASSWORD,
+        )
+    )
+    # From now on, login codes go to the new number too.
+    await identity.log_in("stolen-phone@example.org", NEW_PASSWORD)
+    assert identity.last(npb.NOTIFICATION_TEMPLATE_LOGIN_CODE).phone_number == "+33612998877"
+    # The authentication log says staff replaced it, in which staff session, without the number.
+    events = await dpo.ListAuthenticationEvents(pb.ListAuthenticationEventsRequest(account_id=account_id))
+    (replaced,) = [e for e in events.events if e.kind == pb.AUTHENTICATION_EVENT_KIND_PHONE_REPLACED_BY_STAFF]
+    assert replaced.session_id == "dpo-session-7"
+    assert "612998877" not in str(events)
+
+
 @pytest.mark.req("ACC-10")
 async def test_breach_flag_sends_the_notice_and_forces_a_change(identity: Identity) -> None:
     account_id = await identity.sign_up("breach@example.org")

@@ -869,6 +869,33 @@ MESSAGES.update(
             "en": "Legal hold placed: retention clocks are stopped.",
         },
         "rights_done_released": {"fr": "Gel légal levé.", "en": "Legal hold released."},
+        "rights_done_provisional": {
+            "fr": "Identifiants provisoires émis : l'ancien mot de passe ne fonctionne plus, toutes les sessions sont fermées et la personne a reçu le lien par e-mail.",
+            "en": "Provisional credentials issued: the old password no longer works, every session has ended and the person was emailed the link.",
+        },
+        "dpo_credentials": {"fr": "Identifiants perdus ou volés", "en": "Lost or stolen credentials"},
+        "dpo_credentials_hint": {
+            "fr": "Sur demande de la personne (CGU §7.2.2), après vérification de son identité : le mot de passe est désactivé, les sessions fermées, et un lien lui est envoyé par e-mail, suivi d'un code par SMS. Si le téléphone a été perdu ou volé, indiquez le nouveau numéro : le code y sera envoyé.",
+            "en": "At the person's request (terms §7.2.2), after checking who they are: the password is deactivated, sessions end, and a link is emailed to them, followed by an SMS code. If the phone was lost or stolen, enter the new number: the code goes there.",
+        },
+        "dpo_account_id": {"fr": "Identifiant du compte", "en": "Account id"},
+        "dpo_new_phone": {
+            "fr": "Nouveau numéro de mobile (facultatif)",
+            "en": "New mobile number (optional)",
+        },
+        "dpo_identity_checked": {
+            "fr": "J'ai vérifié l'identité de la personne qui le demande.",
+            "en": "I have checked the identity of the person asking.",
+        },
+        "dpo_issue_provisional": {
+            "fr": "Émettre des identifiants provisoires",
+            "en": "Issue provisional credentials",
+        },
+        "dpo_identity_not_checked": {
+            "fr": "Cochez la case une fois l'identité de la personne vérifiée.",
+            "en": "Tick the box once the person's identity is checked.",
+        },
+        "dpo_account_not_found": {"fr": "Compte introuvable.", "en": "Account not found."},
         "dpo_desk": {"fr": "Demandes d'exercice de droits", "en": "Rights requests"},
         "dpo_open_requests": {"fr": "Demandes ouvertes, par échéance", "en": "Open requests, by deadline"},
         "dpo_counts": {

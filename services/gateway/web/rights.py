@@ -39,7 +39,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from services.gateway.clients import Caller, ServiceClients
 from services.gateway.dependencies import ts_or_none
-from services.gateway.web.page import ClientsDep, Page, PageDep, fmt_date, new_key
+from services.gateway.web.page import ClientsDep, Page, PageDep, fmt_date, http_status, new_key
 from services.gateway.web.patient import content_disposition
 from services.shared.protoconv import code_to_pb_enum, pb_enum_to_code
 from workflows.lifecycle.models import (
@@ -574,6 +574,7 @@ DONE_NOTICES = {
     "fulfilling": "rights_done_fulfilling",
     "held": "rights_done_held",
     "released": "rights_done_released",
+    "provisional": "rights_done_provisional",
 }
 
 
@@ -831,6 +832,49 @@ async def place_hold(
         return p.service_error(error)
     await poke_retention(clients, subject_id)
     return p.redirect(_back(back_to, "held"))
+
+
+@router.post("/dpo/provisional-credentials")
+async def issue_provisional_credentials(
+    p: PageDep,
+    clients: ClientsDep,
+    account_id: Annotated[str, Form(max_length=64)] = "",
+    new_phone_number: Annotated[str, Form(max_length=32)] = "",
+    identity_checked: Annotated[str, Form(max_length=8)] = "",
+    form_key: Annotated[str, Form(max_length=64)] = "",
+    csrf_token: Csrf = "",
+) -> Response:
+    """ACC-08/ACC-09 at the person's request by email to the DPO: the password is
+    deactivated and a link plus an SMS code set a new one; a new number when the phone was
+    lost or stolen with the credentials (identity checks the number and who may set it)."""
+    caller = p.posted_by(require_dpo(p), csrf_token)
+    if isinstance(caller, Response):
+        return caller
+    account_id = account_id.strip()
+    if not account_id or len(form_key) < 8:
+        return p.message(400, error=p.t("form_error", detail=p.t("dpo_account_id")))
+    if identity_checked != "yes":
+        return p.message(400, error=p.t("dpo_identity_not_checked"))
+    try:
+        await clients.identity.IssueProvisionalCredentials(
+            identity_pb2.IssueProvisionalCredentialsRequest(
+                idempotency_key=f"provisional:{form_key}",
+                account_id=account_id,
+                new_phone_number=new_phone_number.strip(),
+            ),
+            metadata=caller.metadata,
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return p.message(404, error=p.t("dpo_account_not_found"))
+        if error.code() in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.PERMISSION_DENIED,
+        ):
+            return p.message(http_status(error), error=p.t("form_error", detail=error.details() or ""))
+        return p.service_error(error)
+    return p.redirect("/dpo?done=provisional#credentials")
 
 
 def _back(request_id: str, done: str) -> str:

@@ -36,6 +36,9 @@ class EventKind(StrEnum):
     RECOVERY_CODE_USED = "recovery_code_used"
     CONTACT_DETAILS_CHANGED = "contact_details_changed"
     SECOND_FACTOR_RESET = "second_factor_reset"
+    # The number on file replaced by the DPO or an administrator (a lost or stolen phone);
+    # the event's session is the staff member's.
+    PHONE_REPLACED_BY_STAFF = "phone_replaced_by_staff"
 
 
 @dataclass(frozen=True, slots=True)

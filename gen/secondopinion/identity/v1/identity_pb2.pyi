@@ -625,6 +625,10 @@ class _AuthenticationEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrappe
     """Email or phone number changed."""
     AUTHENTICATION_EVENT_KIND_SECOND_FACTOR_RESET: _AuthenticationEventKind.ValueType  # 18
     """The second factor was reset by an administrator."""
+    AUTHENTICATION_EVENT_KIND_PHONE_REPLACED_BY_STAFF: _AuthenticationEventKind.ValueType  # 19
+    """The phone number on file was replaced by the DPO or an administrator (a lost or
+    stolen phone); the event's session is the staff member's.
+    """
 
 class AuthenticationEventKind(_AuthenticationEventKind, metaclass=_AuthenticationEventKindEnumTypeWrapper):
     """The kinds of authentication events (SEC-01, issue 3 §12). Never carries secrets or codes."""
@@ -667,6 +671,10 @@ AUTHENTICATION_EVENT_KIND_CONTACT_DETAILS_CHANGED: AuthenticationEventKind.Value
 """Email or phone number changed."""
 AUTHENTICATION_EVENT_KIND_SECOND_FACTOR_RESET: AuthenticationEventKind.ValueType  # 18
 """The second factor was reset by an administrator."""
+AUTHENTICATION_EVENT_KIND_PHONE_REPLACED_BY_STAFF: AuthenticationEventKind.ValueType  # 19
+"""The phone number on file was replaced by the DPO or an administrator (a lost or
+stolen phone); the event's session is the staff member's.
+"""
 Global___AuthenticationEventKind: _TypeAlias = AuthenticationEventKind  # noqa: Y015
 
 class _DeadlineExtensionReason:
@@ -2827,21 +2835,28 @@ class IssueProvisionalCredentialsRequest(_message.Message):
 
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    NEW_PHONE_NUMBER_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Idempotency key, derived from a stable business identity (the support request);
     a reused key with different parameters is refused.
     """
     account_id: _builtins.str
     """Account concerned; a non-staff caller may only name their own."""
+    new_phone_number: _builtins.str
+    """The mobile number the provisional credentials' SMS code goes to, replacing the one on
+    file when the phone was lost or stolen with the credentials. Only the DPO or an
+    administrator, after checking the person's identity, may set it; empty keeps the number.
+    """
     def __init__(
         self,
         *,
         idempotency_key: _builtins.str = ...,
         account_id: _builtins.str = ...,
+        new_phone_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "idempotency_key", b"idempotency_key", "new_phone_number", b"new_phone_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
