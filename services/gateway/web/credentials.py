@@ -197,9 +197,7 @@ async def reset_request(
             minutes = _minutes_left(answer.link_expires_at)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                response = p.message(429, error=p.t("too_many", seconds=60))
-                response.headers["Retry-After"] = "60"
-                return response
+                return _identity_says_wait(p)
             # A malformed address gets the same page as any other (no enumeration, and
             # the form already asks for an email address).
             if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
@@ -249,9 +247,7 @@ async def reset_send_code(p: PageDep, clients: ClientsDep, csrf_token: Csrf = ""
             _drop_flow_cookie(p, response, LINK_COOKIE)
             return response
         if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            response = p.message(429, error=p.t("too_many", seconds=60))
-            response.headers["Retry-After"] = "60"
-            return response
+            return _identity_says_wait(p)
         return p.service_error(error)
     response = p.redirect(RESET_NEW)
     _keep_reset(p, response, started.password_reset_id, started.masked_phone_number, started.code_expires_at)
@@ -268,17 +264,35 @@ def _keep_reset(p: Page, response: Response, reset_id: str, masked: str, code_ex
     _set_flow_cookie(p, response, RESET_COOKIE, _encode(reset_id, masked), max_age)
 
 
-@router.post(RESET_RESEND)
-async def reset_resend_code(p: PageDep, clients: ClientsDep, csrf_token: Csrf = "") -> Response:
-    """The SMS never came or came too late: another code for the same reset (identity
-    bounds how many and how often), rather than starting over from the email."""
+def _reset_posted(p: Page, csrf_token: str) -> tuple[str, str] | Response:
+    """The reset a form posts to, (id, masked number), or the answer: 403, 429 or 410."""
     if not p.csrf_ok(csrf_token):
         return p.forbidden()
     if limited := p.too_many(CODE_LIMIT):
         return limited
-    reset = _reset(p)
-    if reset is None:
-        return _email_form(p, 410, p.t("pwreset_ended"))
+    return _reset(p) or _email_form(p, 410, p.t("pwreset_ended"))
+
+
+def _identity_says_wait(p: Page) -> Response:
+    """Identity's own budget ran out (RESOURCE_EXHAUSTED): 429, as for the gateway's."""
+    response = p.message(429, error=p.t("too_many", seconds=60))
+    response.headers["Retry-After"] = "60"
+    return response
+
+
+def _reset_ended(p: Page) -> Response:
+    response = _email_form(p, 410, p.t("pwreset_ended"))
+    _drop_flow_cookie(p, response, RESET_COOKIE)
+    return response
+
+
+@router.post(RESET_RESEND)
+async def reset_resend_code(p: PageDep, clients: ClientsDep, csrf_token: Csrf = "") -> Response:
+    """The SMS never came or came too late: another code for the same reset (identity
+    bounds how many and how often), rather than starting over from the email."""
+    reset = _reset_posted(p, csrf_token)
+    if isinstance(reset, Response):
+        return reset
     reset_id, masked = reset
     try:
         resent = await clients.identity.ResendPasswordResetCode(
@@ -288,25 +302,22 @@ async def reset_resend_code(p: PageDep, clients: ClientsDep, csrf_token: Csrf = 
             metadata=clients.as_gateway(),
         )
     except grpc.aio.AioRpcError as error:
-        response: Response
         if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            response = p.render(
+            waiting = p.render(
                 "password_reset_new.html",
                 status=429,
                 error=p.t("pwreset_resend_exhausted"),
                 step="code",
                 masked_phone=masked,
             )
-            response.headers["Retry-After"] = "60"
-            return response
+            waiting.headers["Retry-After"] = "60"
+            return waiting
         if error.code() in (
             grpc.StatusCode.NOT_FOUND,
             grpc.StatusCode.FAILED_PRECONDITION,
             grpc.StatusCode.INVALID_ARGUMENT,
         ):
-            response = _email_form(p, 410, p.t("pwreset_ended"))
-            _drop_flow_cookie(p, response, RESET_COOKIE)
-            return response
+            return _reset_ended(p)
         return p.service_error(error)
     response = p.redirect(f"{RESET_NEW}?resent=1")
     _keep_reset(p, response, reset_id, masked, resent.code_expires_at)  # the new code lives longer
@@ -325,13 +336,9 @@ async def reset_complete(
     confirm_password: Annotated[str, Form(max_length=256)] = "",
     csrf_token: Csrf = "",
 ) -> Response:
-    if not p.csrf_ok(csrf_token):
-        return p.forbidden()
-    if limited := p.too_many(CODE_LIMIT):
-        return limited
-    reset = _reset(p)
-    if reset is None:
-        return _email_form(p, 410, p.t("pwreset_ended"))
+    reset = _reset_posted(p, csrf_token)
+    if isinstance(reset, Response):
+        return reset
     reset_id, masked = reset
 
     def again(message: str, keep_code: bool = False) -> Response:
@@ -368,13 +375,9 @@ async def reset_complete(
         if error.code() == grpc.StatusCode.PERMISSION_DENIED:
             return again(p.t("locked"))
         if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-            response = _email_form(p, 410, p.t("pwreset_ended"))
-            _drop_flow_cookie(p, response, RESET_COOKIE)
-            return response
+            return _reset_ended(p)
         if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            response = p.message(429, error=p.t("too_many", seconds=60))
-            response.headers["Retry-After"] = "60"
-            return response
+            return _identity_says_wait(p)
         return p.service_error(error)
     response = p.redirect("/login?reset=done")
     _drop_flow_cookie(p, response, RESET_COOKIE)
