@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import grpc
 from cryptography import x509
@@ -211,10 +213,68 @@ def partner_server_credentials(settings: BillingSettings) -> grpc.ServerCredenti
                 extra={"fields": {"host": settings.host}},
             )
         return None
-    chain = _read_pem(settings.partner_tls_cert_path, "BILLING_PARTNER_TLS_CERT_PATH", "certificate")
-    key = _read_pem(settings.partner_tls_key_path, "BILLING_PARTNER_TLS_KEY_PATH", "key")
-    ca = _read_pem(settings.partner_tls_client_ca_path, "BILLING_PARTNER_TLS_CLIENT_CA_PATH", "certificate")
-    return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=True)
+    files = PartnerTlsFiles(settings)
+    # gRPC takes None from the fetcher as "unchanged"; its type stubs do not say so.
+    fetch = cast("Callable[[], grpc.ServerCertificateConfiguration]", files.fetch)
+    return grpc.dynamic_ssl_server_credentials(files.load(), fetch, require_client_authentication=True)
+
+
+class PartnerTlsFiles:
+    """The partner API's server certificate, key and partners' CA bundle, re-read when one
+    of the files changes: gRPC asks `fetch` at every new connection, so a renewed server
+    certificate or a new partner CA applies without a restart. A change that leaves the
+    files unusable (half-written, a key that does not match) keeps the previous ones."""
+
+    def __init__(self, settings: BillingSettings) -> None:
+        self._settings = settings
+        self._stamp = self._stamps()
+
+    def _paths(self) -> list[Path]:
+        s = self._settings
+        assert s.partner_tls_cert_path is not None
+        assert s.partner_tls_key_path is not None
+        assert s.partner_tls_client_ca_path is not None
+        return [s.partner_tls_cert_path, s.partner_tls_key_path, s.partner_tls_client_ca_path]
+
+    def _stamps(self) -> str:
+        """A digest of the three files' contents (small; partners connect rarely, and a
+        modification time can stay the same on a coarse file system)."""
+        digest = hashlib.sha256()
+        try:
+            for path in self._paths():
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError:
+            return ""
+        return digest.hexdigest()
+
+    def load(self) -> grpc.ServerCertificateConfiguration:
+        s = self._settings
+        chain = _read_pem(s.partner_tls_cert_path, "BILLING_PARTNER_TLS_CERT_PATH", "certificate")
+        key = _read_pem(s.partner_tls_key_path, "BILLING_PARTNER_TLS_KEY_PATH", "key")
+        ca = _read_pem(s.partner_tls_client_ca_path, "BILLING_PARTNER_TLS_CLIENT_CA_PATH", "certificate")
+        leaf = x509.load_pem_x509_certificates(chain)[0].public_key()
+        if load_pem_private_key(key, password=None).public_key() != leaf:
+            raise ValueError("BILLING_PARTNER_TLS_KEY_PATH: the key is not the server certificate's")
+        return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=ca)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """None: keep what is in use (nothing changed, or the change is unusable)."""
+        try:
+            stamp = self._stamps()
+            if stamp == self._stamp:
+                return None
+            self._stamp = stamp
+            config = self.load()
+        except Exception as exc:  # a handshake must never fail on our reload
+            # The setting's name only: never a path's content.
+            setting = str(exc).split(":")[0]
+            log.error(
+                "partner api tls files changed but are unusable; keeping the previous ones",
+                extra={"fields": {"setting": setting}},
+            )
+            return None
+        log.info("partner api tls files reloaded")
+        return config
 
 
 @asynccontextmanager

@@ -9,9 +9,12 @@ PostgreSQL)."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import secrets
+import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -424,6 +427,64 @@ async def test_with_the_partners_ca_configured_registration_refuses_what_the_han
         fingerprints = {c.certificate_sha256_fingerprint for c in listed.credentials}
         assert good.fingerprint in fingerprints and late.fingerprint not in fingerprints
         assert server_only.fingerprint not in fingerprints
+
+
+def presented_certificate(target: str, ca: Authority, client: Issued, directory: Path) -> str:
+    """The fingerprint of the certificate the partner API presents to a new connection."""
+    host, port = target.rsplit(":", 1)
+    (directory / "client.pem").write_bytes(client.pem)
+    (directory / "client.key.pem").write_bytes(client.key_pem)
+    context = ssl.create_default_context(cadata=ca.pem.decode())
+    context.load_cert_chain(directory / "client.pem", directory / "client.key.pem")
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()
+
+
+@pytest.mark.req("SEC-04")
+async def test_a_new_partner_ca_and_a_renewed_server_certificate_apply_without_a_restart(
+    env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = Authority("Partners test CA")
+    paths = write_server_files(tmp_path / "tls", ca)
+    async with running_partner_api(env.settings.model_copy(update=paths)) as server:
+        served = Mtls(env, ca, server.target, env.settings)
+        partner_id, agreement_id = await partner_with_agreement(env)
+        key, _ = await api_key(env, partner_id)
+        old_partner = ca.issue(f"partner {partner_id} (old CA)")
+        await register(env, partner_id, old_partner)
+        # A partner whose certificate comes from a CA added later: refused until it is added.
+        newcomer = Authority("Second partners CA")
+        new_partner = newcomer.issue(f"partner {partner_id} (new CA)")
+        await register(env, partner_id, new_partner)
+        await expect_status(
+            served.partner(new_partner, key).ListAgreements(ppb.ListAgreementsRequest()),
+            grpc.StatusCode.UNAVAILABLE,
+        )
+        paths["partner_tls_client_ca_path"].write_bytes(ca.pem + newcomer.pem)
+        assert await agreements(served.partner(new_partner, key)) == [agreement_id]
+        assert await agreements(served.partner(old_partner, key)) == [agreement_id]
+        # The server certificate is renewed (new key): new connections get the new one.
+        before = presented_certificate(server.target, ca, old_partner, tmp_path)
+        renewed = ca.issue("partner-api.test", server=True)
+        paths["partner_tls_key_path"].write_bytes(renewed.key_pem)
+        paths["partner_tls_cert_path"].write_bytes(renewed.pem)
+        after = presented_certificate(server.target, ca, old_partner, tmp_path)
+        assert before != after and after == renewed.fingerprint
+        assert await agreements(served.partner(old_partner, key)) == [agreement_id]
+        # A change that leaves the files unusable (a key that is not the certificate's)
+        # keeps the ones in use, and says which setting is wrong.
+        with caplog.at_level(logging.ERROR, logger="services.billing.app"):
+            paths["partner_tls_key_path"].write_bytes(ca.issue("stray", server=True).key_pem)
+            assert await agreements(served.partner(old_partner, key)) == [agreement_id]
+        assert presented_certificate(server.target, ca, old_partner, tmp_path) == renewed.fingerprint
+        (error,) = [r for r in caplog.records if "tls files changed but are unusable" in r.getMessage()]
+        assert error.fields == {"setting": "BILLING_PARTNER_TLS_KEY_PATH"}  # type: ignore[attr-defined]
 
 
 @pytest.mark.req("SEC-04")
