@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import func, select, update
@@ -149,32 +149,47 @@ async def reserve(session: AsyncSession, archive: Archive, command: RefundComman
             f"(at most {max(left.values())} at once)"
         )
     now = utcnow()
-    question = await next_number(session, f"psp-question-{now:%Y%m%d}")
+    refund_id = await _write_pending(
+        session, order.order_id, command.key, attempt.payment_attempt_id, command.amount_cents,
+        order.currency, command.reason, claimed_until=now + timedelta(seconds=CLAIM_SECONDS),
+    )  # fmt: skip
+    log.info("refund reserved", extra={"fields": {"refund_id": refund_id, "order_id": order.order_id}})
+    return refund_id
+
+
+async def _write_pending(
+    session: AsyncSession,
+    order_id: str,
+    key: str,
+    payment_attempt_id: str,
+    amount_cents: int,
+    currency: str,
+    reason: RefundReason,
+    claimed_until: datetime | None,
+) -> str:
+    """A pending refund row with its own PSP question number (the one every retry asks)."""
+    now = utcnow()
     refund = Refund(
         refund_id=str(uuid.uuid4()),
-        order_id=order.order_id,
-        request_key=command.key,
-        payment_attempt_id=attempt.payment_attempt_id,
-        amount_cents=command.amount_cents,
-        currency=order.currency,
-        reason=command.reason.value,
+        order_id=order_id,
+        request_key=key,
+        payment_attempt_id=payment_attempt_id,
+        amount_cents=amount_cents,
+        currency=currency,
+        reason=reason.value,
         status=RefundStatus.PENDING.value,
-        psp_question_number=question,
+        psp_question_number=await next_number(session, f"psp-question-{now:%Y%m%d}"),
         psp_requested_at=now,
         psp_transaction_id="",
         psp_call_number="",
         psp_authorization="",
         psp_error_code="",
-        claimed_until=now + timedelta(seconds=CLAIM_SECONDS),
+        claimed_until=claimed_until,
         credit_note_ids=[],
         created_at=now,
     )
     session.add(refund)
     await session.flush()
-    log.info(
-        "refund reserved",
-        extra={"fields": {"refund_id": refund.refund_id, "order_id": order.order_id}},
-    )
     return refund.refund_id
 
 
@@ -288,34 +303,15 @@ async def reserve_duplicate_refund(session: AsyncSession, order_id: str, payment
     attempt = await session.get(PaymentAttempt, payment_attempt_id, populate_existing=True)
     assert order is not None
     assert attempt is not None
-    now = utcnow()
-    question = await next_number(session, f"psp-question-{now:%Y%m%d}")
-    refund = Refund(
-        refund_id=str(uuid.uuid4()),
-        order_id=order.order_id,
-        request_key=key,
-        payment_attempt_id=attempt.payment_attempt_id,
-        amount_cents=attempt.captured_amount_cents,
-        currency=attempt.currency,
-        reason=RefundReason.DUPLICATE_PAYMENT.value,
-        status=RefundStatus.PENDING.value,
-        psp_question_number=question,
-        psp_requested_at=now,
-        psp_transaction_id="",
-        psp_call_number="",
-        psp_authorization="",
-        psp_error_code="",
-        claimed_until=None,
-        credit_note_ids=[],
-        created_at=now,
-    )
-    session.add(refund)
-    await session.flush()
+    refund_id = await _write_pending(
+        session, order.order_id, key, attempt.payment_attempt_id, attempt.captured_amount_cents,
+        attempt.currency, RefundReason.DUPLICATE_PAYMENT, claimed_until=None,
+    )  # fmt: skip
     log.info(
         "duplicate payment refund reserved",
-        extra={"fields": {"refund_id": refund.refund_id, "order_id": order.order_id}},
+        extra={"fields": {"refund_id": refund_id, "order_id": order.order_id}},
     )
-    return refund.refund_id
+    return refund_id
 
 
 async def refunds_to_resume(session: AsyncSession, limit: int = 50) -> list[str]:
